@@ -1,0 +1,1 @@
+"""Ingest: payloads and files in, validated events out, written through the store."""

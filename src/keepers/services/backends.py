@@ -1,0 +1,158 @@
+"""Where a CLI command runs: on the store directly, or through the server that owns it.
+
+DuckDB allows one writing process per file. When `keepers serve` holds the file, it leaves
+`<file>.server.json` (owner-only) with its URL and a per-run admin token; CLI commands then
+go through its management API instead of failing on the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from keepers.errors import DatabaseLocked, KeepersError, StoreUnavailable
+from keepers.services.keepers import IngestReport, Keepers
+from keepers.settings import Settings
+
+
+class Backend(Protocol):
+    def status(self) -> dict[str, Any]: ...
+    def create_write_key(self, name: str) -> dict[str, str]: ...
+    def list_write_keys(self) -> list[dict[str, Any]]: ...
+    def ingest(self, messages: list[dict[str, Any]], source: str) -> IngestReport: ...
+    def close(self) -> None: ...
+
+
+def server_info_path(database_url: str) -> Path | None:
+    if database_url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        return None
+    return Path(database_url + ".server.json")
+
+
+def write_server_info(database_url: str, url: str, admin_token: str) -> Path | None:
+    path = server_info_path(database_url)
+    if path is None:
+        return None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"url": url, "admin_token": admin_token, "pid": os.getpid()}, handle)
+    return path
+
+
+class LocalBackend:
+    def __init__(self, keepers: Keepers) -> None:
+        self.keepers = keepers
+
+    def status(self) -> dict[str, Any]:
+        return self.keepers.status()
+
+    def create_write_key(self, name: str) -> dict[str, str]:
+        record, secret = self.keepers.create_write_key(name)
+        return {"key_id": record.key_id, "name": record.name, "write_key": secret}
+
+    def list_write_keys(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "key_id": k.key_id,
+                "name": k.name,
+                "prefix": k.prefix,
+                "created_at": k.created_at.isoformat(),
+                "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+            }
+            for k in self.keepers.list_write_keys()
+        ]
+
+    def ingest(self, messages: list[dict[str, Any]], source: str) -> IngestReport:
+        return self.keepers.ingest_messages(messages, source)
+
+    def close(self) -> None:
+        self.keepers.close()
+
+
+class RemoteBackend:
+    def __init__(self, url: str, admin_token: str) -> None:
+        import httpx
+
+        self.url = url
+        self._http = httpx.Client(
+            base_url=url, timeout=300, headers={"Authorization": f"Bearer {admin_token}"}
+        )
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise StoreUnavailable(f"the server at {self.url} did not answer: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message", response.text)
+            except ValueError:
+                message = response.text
+            raise KeepersError(
+                f"the server at {self.url} answered {response.status_code}: {message}"
+            )
+        return response.json() if response.content else None
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET", "/api/status")
+
+    def create_write_key(self, name: str) -> dict[str, str]:
+        return self._call("POST", "/api/keys", json={"name": name})
+
+    def list_write_keys(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/keys")
+
+    def ingest(self, messages: list[dict[str, Any]], source: str) -> IngestReport:
+        answer = self._call("POST", "/api/ingest", json={"messages": messages, "source": source})
+        return IngestReport(
+            stored=answer["stored"],
+            duplicates=answer["duplicates"],
+            rejected=[(r["index"], r["code"], r["message"]) for r in answer["rejected"]],
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def open_backend(settings: Settings) -> Backend:
+    """The store directly when it is free, else the server holding it."""
+    try:
+        return LocalBackend(Keepers.open(settings))
+    except DatabaseLocked as exc:
+        info = _read_server_info(settings.database_url)
+        if info is None:
+            raise
+        backend = RemoteBackend(info["url"], info["admin_token"])
+        try:
+            backend._call("GET", "/health")
+        except KeepersError:
+            backend.close()
+            raise DatabaseLocked(exc.message) from exc
+        return backend
+
+
+def _read_server_info(database_url: str) -> dict[str, Any] | None:
+    path = server_info_path(database_url)
+    if path is None or not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and "url" in info and "admin_token" in info else None
+
+
+def iter_chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

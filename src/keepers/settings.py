@@ -1,0 +1,85 @@
+"""Settings: one tree, read from `KEEPERS_*` environment variables and `keepers.toml`.
+
+Priority: arguments > environment > `.env` > `keepers.toml` (or the file named by
+`KEEPERS_CONFIG`). Every field is documented in the README; a test fails when one is not.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of a Keepers process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KEEPERS_", env_file=".env", extra="ignore", toml_file="keepers.toml"
+    )
+
+    database_url: str = Field(
+        "keepers.duckdb",
+        description="A file path (embedded DuckDB) or a postgresql:// URL.",
+    )
+    host: str = Field("127.0.0.1", description="Interface `keepers serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `keepers serve` listens on.")
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for the management API (/api/*). When unset, the server "
+        "makes a random one per run and writes it, readable by the owner only, next to the "
+        "DuckDB file so local CLI commands can use it.",
+    )
+    max_event_bytes: int = Field(32 * 1024, ge=1024, description="Largest single event.")
+    max_batch_bytes: int = Field(500 * 1024, ge=1024, description="Largest /v1/batch body.")
+    max_batch_events: int = Field(2500, ge=1, description="Most events in one batch.")
+    ingest_queue_events: int = Field(
+        100_000,
+        ge=100,
+        description="Events waiting for a commit before new requests get 429 + Retry-After.",
+    )
+    commit_max_events: int = Field(
+        10_000, ge=1, description="Most events written in one group commit."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Origins allowed to call the tracking API from a browser.",
+    )
+    log_level: str = Field("info", description="uvicorn / Keepers log level.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("database_url must be a file path or a postgresql:// URL")
+        return value.strip()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("KEEPERS_CONFIG", "keepers.toml"))
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path)
+        return init_settings, env_settings, dotenv_settings, toml, file_secret_settings
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql://", "postgres://"))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and files, with explicit overrides (None = not given)."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,255 @@
+"""A small seam over the two databases: DuckDB (embedded, one owner) and PostgreSQL.
+
+Everything above this module speaks one SQL (the common subset both engines accept) with
+`?` placeholders, plus the few differences collected in `Dialect` (the "query components"
+idea from Prefect's server). Bulk data enters through `Tx.stage(name, arrow_table)`: DuckDB
+scans the Arrow table in place; PostgreSQL copies it into a temporary table.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from keepers.errors import DatabaseLocked, StoreUnavailable
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The SQL that differs between the engines."""
+
+    name: str
+    json_type: str
+
+    def json_merge(self, left: str, right: str) -> str:
+        """SQL merging two JSON objects; keys of `right` win."""
+        if self.name == "postgres":
+            return f"({left} || {right})"
+        return f"json_merge_patch({left}, {right})"
+
+    def series(self, count_param: str) -> str:
+        """A FROM clause yielding `count` rows."""
+        if self.name == "postgres":
+            return f"generate_series(1, {count_param})"
+        return f"range({count_param})"
+
+
+DUCKDB = Dialect(name="duckdb", json_type="JSON")
+POSTGRES = Dialect(name="postgres", json_type="JSONB")
+
+
+class Tx(Protocol):
+    """One open transaction."""
+
+    dialect: Dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def stage(self, name: str, table: pa.Table) -> None: ...
+
+
+class Database(Protocol):
+    """An opened store: transactions, and what it is."""
+
+    dialect: Dialect
+    url: str
+
+    def transaction(self) -> Any: ...  # context manager yielding a Tx
+
+    def close(self) -> None: ...
+
+
+def open_database(url: str) -> Database:
+    """Open (and create when missing) the store named by a path or postgresql:// URL."""
+    if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        return PostgresDatabase(url.replace("postgresql+psycopg://", "postgresql://"))
+    return DuckDBDatabase(url)
+
+
+# --- DuckDB ---------------------------------------------------------------------------------
+
+
+class _DuckTx:
+    dialect = DUCKDB
+
+    def __init__(self, con: Any) -> None:
+        self._con = con
+        self._staged: list[str] = []
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        # Always fetch: an unfetched DuckDB result leaves the connection busy.
+        return self._con.execute(sql, list(params)).fetchall()
+
+    def stage(self, name: str, table: pa.Table) -> None:
+        self._con.register(name, table)
+        self._staged.append(name)
+
+    def _unstage(self) -> None:
+        for name in self._staged:
+            self._con.unregister(name)
+        self._staged.clear()
+
+
+class DuckDBDatabase:
+    """The embedded store: one file, opened by one process (DuckDB's own file lock)."""
+
+    dialect = DUCKDB
+
+    def __init__(self, path: str) -> None:
+        import duckdb
+
+        self.url = str(Path(path))
+        Path(self.url).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._root = duckdb.connect(self.url, config={"threads": 2})
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise DatabaseLocked(_lock_message(self.url, str(exc))) from exc
+            raise
+        self._local = threading.local()
+
+    def _connection(self) -> Any:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = self._root.cursor()
+        return con
+
+    @contextmanager
+    def transaction(self) -> Iterator[_DuckTx]:
+        con = self._connection()
+        tx = _DuckTx(con)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield tx
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            tx._unstage()
+
+    def close(self) -> None:
+        self._root.close()
+
+
+def _lock_message(path: str, detail: str) -> str:
+    pid = re.search(r"PID (\d+)", detail)
+    owner = f" (process {pid.group(1)})" if pid else ""
+    return (
+        f"the database {path} is open in another Keepers process{owner}; "
+        "stop that process, or run this command while `keepers serve` is running so it "
+        "can go through the server"
+    )
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+_PG_TYPES = {
+    pa.string(): "TEXT",
+    pa.large_string(): "TEXT",
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.float64(): "DOUBLE PRECISION",
+    pa.bool_(): "BOOLEAN",
+    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+}
+
+
+class _PgTx:
+    dialect = POSTGRES
+
+    def __init__(self, con: Any) -> None:
+        self._con = con
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._con.cursor() as cur:
+            if params:
+                cur.execute(sql.replace("%", "%%").replace("?", "%s"), list(params))
+            else:
+                cur.execute(sql)
+            return cur.fetchall() if cur.description else []
+
+    def stage(self, name: str, table: pa.Table) -> None:
+        columns = ", ".join(f"{f.name} {_PG_TYPES[f.type]}" for f in table.schema)
+        with self._con.cursor() as cur:
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns}) ON COMMIT DROP")
+            cur.execute(f"TRUNCATE {name}")
+            with cur.copy(f"COPY {name} FROM STDIN") as copy:
+                for row in zip(*(col.to_pylist() for col in table.columns), strict=True):
+                    copy.write_row(row)
+
+
+class PostgresDatabase:
+    """The production store; several processes may share it (writers serialise on locks)."""
+
+    dialect = POSTGRES
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+        self._connection()  # fail now, with a clear error, when the server is unreachable
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        con = getattr(self._local, "con", None)
+        if con is None or con.closed or con.broken:
+            try:
+                con = psycopg.connect(self.url, connect_timeout=10, autocommit=True)
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}".strip()) from exc
+            self._local.con = con
+            with self._lock:
+                self._connections.append(con)
+        return con
+
+    def _begin(self) -> tuple[Any, Any]:
+        """A connection inside a new transaction; a dead pooled connection is replaced once
+        (safe: nothing has run yet)."""
+        import psycopg
+
+        for attempt in (1, 2):
+            con = self._connection()
+            block = con.transaction()
+            try:
+                block.__enter__()
+                return con, block
+            except psycopg.OperationalError as exc:
+                con.close()
+                if attempt == 2:
+                    raise StoreUnavailable(f"PostgreSQL is not available: {exc}".strip()) from exc
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def transaction(self) -> Iterator[_PgTx]:
+        import psycopg
+
+        con, block = self._begin()
+        try:
+            yield _PgTx(con)
+        except BaseException as exc:
+            with suppress(psycopg.Error):
+                block.__exit__(type(exc), exc, exc.__traceback__)
+            if isinstance(exc, psycopg.OperationalError):
+                raise StoreUnavailable(f"PostgreSQL is not taking writes: {exc}".strip()) from exc
+            raise
+        else:
+            try:
+                block.__exit__(None, None, None)
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"PostgreSQL did not commit: {exc}".strip()) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            for con in self._connections:
+                con.close()
+            self._connections.clear()

@@ -1,0 +1,92 @@
+"""create_app(settings): the HTTP face of Keepers — tracking API, management API, health."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from keepers import __version__
+from keepers.services.keepers import Keepers
+from keepers.settings import Settings
+from keepers.web.api import api_router
+from keepers.web.responses import install_error_handlers
+from keepers.web.tracking import tracking_router
+
+
+def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
+    """The ASGI app. Opens (and closes) the store itself unless an opened `Keepers` is given;
+    then the caller owns it and closes it."""
+    owned = keepers is None
+    keepers = keepers or Keepers.open(settings)
+    admin_token = (
+        settings.admin_token.get_secret_value()
+        if settings.admin_token
+        else secrets.token_urlsafe(24)
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keepers.start_writer()
+        yield
+        if owned:
+            keepers.close()
+
+    app = FastAPI(
+        title="Keepers",
+        version=__version__,
+        lifespan=lifespan,
+        description="Customer lifecycle management. /v1/* speaks the Segment "
+        "HTTP Tracking API; /api/* is the management API.",
+    )
+    app.state.keepers = keepers
+    app.state.admin_token = admin_token
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Content-Type", "Authorization", "X-Retry-Count", "Content-Encoding"],
+        max_age=86400,
+    )
+    install_error_handlers(app)
+    app.include_router(tracking_router(keepers))
+    app.include_router(api_router(keepers, admin_token))
+
+    @app.get("/health", tags=["health"])
+    def health() -> dict[str, Any]:
+        """Liveness and the kind of store behind this server."""
+        return {"status": "ok", "database": keepers.database_kind, "version": __version__}
+
+    _add_schemas(app)
+    return app
+
+
+def _add_schemas(app: FastAPI) -> None:
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Error"] = {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+        components["Accepted"] = {
+            "type": "object",
+            "required": ["success"],
+            "properties": {
+                "success": {"type": "boolean"},
+                "rejected": {"type": "array", "items": {"type": "object"}},
+            },
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
