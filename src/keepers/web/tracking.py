@@ -160,7 +160,11 @@ def tracking_router(keepers: Keepers) -> APIRouter:
     for short, kind in SHORT_PATHS.items():
         add(f"/v1/{short}", kind)
 
-    @router.get("/v1/projects/{write_key}/settings", summary="analytics.js settings")
+    @router.get(
+        "/v1/projects/{write_key}/settings",
+        summary="analytics.js settings",
+        responses={401: RESPONSES[401]},
+    )
     async def project_settings(write_key: str, request: Request) -> dict[str, Any]:
         """What the analytics.js loader fetches from its CDN, pointing it back at us."""
         keepers.authenticate(write_key)
