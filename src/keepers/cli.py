@@ -168,12 +168,19 @@ def status(db: DbOption = None, as_json: JsonOption = False) -> None:
 
 
 def _summary_table(summary: dict[str, Any], title: str) -> None:
-    table = Table(title=title, show_header=False, title_justify="left")
+    out.print(f"[bold]{title}[/bold]", highlight=False)
+    table = Table(show_header=False)
     for key, value in summary.items():
         shown = (
-            f"{value:,.2f}"
-            if isinstance(value, float)
-            else (f"{value:,}" if isinstance(value, int) else str(value))
+            "yes"
+            if value is True
+            else "no"
+            if value is False
+            else (
+                f"{value:,.2f}"
+                if isinstance(value, float)
+                else (f"{value:,}" if isinstance(value, int) else str(value))
+            )
         )
         table.add_row(key.replace("_", " "), shown)
     out.print(table)

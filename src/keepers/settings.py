@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     commit_max_events: int = Field(
         10_000, ge=1, description="Most events written in one group commit."
     )
+    duckdb_checkpoint_mb: int = Field(
+        256,
+        ge=1,
+        description="DuckDB write-ahead log size that triggers a checkpoint. Larger means "
+        "steadier ingest (a checkpoint rewrites the event index) but a longer replay after "
+        "a crash.",
+    )
     cors_origins: list[str] = Field(
         default_factory=lambda: ["*"],
         description="Origins allowed to call the tracking API from a browser.",

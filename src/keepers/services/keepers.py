@@ -60,7 +60,9 @@ class Keepers:
 
     @classmethod
     def open(cls, settings: Settings, clock: Callable[[], datetime] = utcnow) -> Keepers:
-        db = open_database(settings.database_url)
+        db = open_database(
+            settings.database_url, duckdb_checkpoint_mb=settings.duckdb_checkpoint_mb
+        )
         try:
             migrate(db)
         except BaseException:

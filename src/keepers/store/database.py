@@ -66,11 +66,11 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
-def open_database(url: str) -> Database:
+def open_database(url: str, *, duckdb_checkpoint_mb: int = 256) -> Database:
     """Open (and create when missing) the store named by a path or postgresql:// URL."""
     if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
         return PostgresDatabase(url.replace("postgresql+psycopg://", "postgresql://"))
-    return DuckDBDatabase(url)
+    return DuckDBDatabase(url, checkpoint_mb=duckdb_checkpoint_mb)
 
 
 # --- DuckDB ---------------------------------------------------------------------------------
@@ -102,13 +102,15 @@ class DuckDBDatabase:
 
     dialect = DUCKDB
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, checkpoint_mb: int = 256) -> None:
         import duckdb
 
         self.url = str(Path(path))
         Path(self.url).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._root = duckdb.connect(self.url, config={"threads": 2})
+            self._root = duckdb.connect(
+                self.url, config={"checkpoint_threshold": f"{checkpoint_mb}MB"}
+            )
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 raise DatabaseLocked(_lock_message(self.url, str(exc))) from exc
