@@ -230,6 +230,20 @@ def test_group_links_customers_to_an_account(keepers):
     assert scalar(keepers, "SELECT count(*) FROM account_members WHERE account_id = 'acme'") == 2
 
 
+def test_account_created_names_the_account_as_the_b2b_saas_spec_says(keepers):
+    ingest(
+        keepers,
+        track(
+            "u1",
+            event="Account Created",
+            messageId="a1",
+            properties={"account_name": "Initech"},
+            context={"groupId": "acct-9"},
+        ),
+    )
+    assert rows(keepers, "SELECT account_id, name FROM accounts") == [("acct-9", "Initech")]
+
+
 def test_strings_with_nul_characters_are_stored_without_error(keepers):
     report = ingest(
         keepers,

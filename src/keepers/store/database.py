@@ -116,11 +116,15 @@ class DuckDBDatabase:
                 raise DatabaseLocked(_lock_message(self.url, str(exc))) from exc
             raise
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._cursors: list[Any] = []
 
     def _connection(self) -> Any:
         con = getattr(self._local, "con", None)
         if con is None:
             con = self._local.con = self._root.cursor()
+            with self._lock:
+                self._cursors.append(con)
         return con
 
     @contextmanager
@@ -138,6 +142,10 @@ class DuckDBDatabase:
             tx._unstage()
 
     def close(self) -> None:
+        with self._lock:
+            for cursor in self._cursors:
+                cursor.close()
+            self._cursors.clear()
         self._root.close()
 
 

@@ -185,10 +185,14 @@ def _write_accounts(tx: Tx, events: list[Event], customers: list[int], now: date
         if event.group_id is None:
             continue
         members.setdefault((event.group_id, customer), event.timestamp)
+        traits = accounts.setdefault(event.group_id, {})
         if event.type == "group":
-            accounts.setdefault(event.group_id, {}).update(event.traits or {})
-        else:
-            accounts.setdefault(event.group_id, {})
+            traits.update(event.traits or {})
+        elif event.event == "Account Created" and event.properties:
+            # B2B SaaS spec: the account's name arrives as `account_name` on the track call.
+            name = event.properties.get("account_name")
+            if isinstance(name, str) and name:
+                traits.setdefault("name", name)
     if not accounts:
         return
     j = tx.dialect.json_type
