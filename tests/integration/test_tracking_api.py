@@ -201,6 +201,12 @@ def test_a_resent_batch_is_acknowledged_and_stored_once(live_server):
         ("/v1/track", orjson.dumps({"event": "E"}), 400, "no_user_anon_id"),
         ("/v1/track", orjson.dumps({"userId": "u"}), 400, "missing_field"),
         ("/v1/track", b"[" * 5000 + b"]" * 5000, 400, "invalid_json"),
+        (
+            "/v1/track",
+            b'{"userId": "u", "event": "E", "properties": ' + b'{"a": ' * 300 + b"1" + b"}" * 301,
+            400,
+            "invalid_field",
+        ),
     ],
 )
 def test_bad_input_gets_400_or_413_with_code_and_message(live_server, path, body, status, code):

@@ -120,3 +120,19 @@ def test_group_id_from_context_links_b2b_events_to_the_account():
 def test_implied_type_from_the_path_wins_over_the_body():
     event = norm({"type": "identify", "userId": "u", "event": "E"}, implied_type="track")
     assert event.type == "track" and event.event == "E"
+
+
+def test_properties_nested_deeper_than_the_store_can_write_are_rejected_by_name():
+    nested: dict = {}
+    cursor = nested
+    for _ in range(300):
+        cursor["a"] = {}
+        cursor = cursor["a"]
+    with pytest.raises(MessageRejected, match="'properties' is nested too deeply"):
+        norm({"type": "track", "userId": "u", "event": "E", "properties": nested})
+
+
+def test_json_text_for_the_store_is_made_once_and_nul_escapes_are_neutralised():
+    event = norm({"type": "track", "userId": "u", "event": "E", "properties": {"q": "a\x00b"}})
+    assert event.properties_json == '{"q":"a\\ufffdb"}'
+    assert event.traits_json is None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from dateutil import parser as _dateutil
 
 MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
@@ -43,6 +44,10 @@ class Event:
     properties: dict[str, Any] | None
     traits: dict[str, Any] | None
     context: dict[str, Any] | None
+    # The same three objects as JSON text for the store, serialised once while validating.
+    properties_json: str | None = None
+    traits_json: str | None = None
+    context_json: str | None = None
 
 
 class MessageRejected(ValueError):
@@ -52,6 +57,22 @@ class MessageRejected(ValueError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def to_json(value: Any) -> str | None:
+    """JSON text for the store; NUL escapes (PostgreSQL refuses them) become U+FFFD."""
+    if value is None:
+        return None
+    return orjson.dumps(value).replace(b"\\u0000", b"\\ufffd").decode()
+
+
+def _json_field(value: dict[str, Any] | None, field: str) -> str | None:
+    try:
+        return to_json(value)
+    except (TypeError, RecursionError) as exc:  # orjson writes at most 254 levels
+        raise MessageRejected(
+            "invalid_field", f"field '{field}' is nested too deeply (more than 250 levels)"
+        ) from exc
 
 
 def parse_timestamp(value: Any, field: str) -> datetime | None:
@@ -189,6 +210,9 @@ def normalize_message(
         context=context,
     )
     _check_type_rules(event)
+    event.properties_json = _json_field(event.properties, "properties")
+    event.traits_json = _json_field(event.traits, "traits")
+    event.context_json = _json_field(event.context, "context")
     return event
 
 

@@ -19,10 +19,10 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from keepers.domain.events import Event
+from keepers.domain.events import Event, to_json
 from keepers.errors import Overloaded, StoreUnavailable
 from keepers.store.database import Database
-from keepers.store.events import Rejection, to_json, write_events
+from keepers.store.events import Rejection, write_events
 
 log = logging.getLogger("keepers.ingest")
 
@@ -97,7 +97,7 @@ def _quarantine(db: Database, job: Job, now: datetime) -> JobResult:
             now,
             "store_error",
             "the store refused this event",
-            to_json(asdict(event)),
+            _quarantine_payload(event),
         )
         for event in job.events
     ]
@@ -107,6 +107,15 @@ def _quarantine(db: Database, job: Job, now: datetime) -> JobResult:
     except Exception as exc:
         raise StoreUnavailable("the store is not taking writes; retry later") from exc
     return JobResult(stored=0, duplicates=0, quarantined=len(job.events))
+
+
+def _quarantine_payload(event: Event) -> str:
+    """The event as JSON for inspection; never fails (falls back to its ids)."""
+    fields = {k: v for k, v in asdict(event).items() if not k.endswith("_json")}
+    try:
+        return to_json(fields) or "{}"
+    except (TypeError, RecursionError):
+        return to_json({"messageId": event.message_id, "type": event.type}) or "{}"
 
 
 class GroupCommitWriter:

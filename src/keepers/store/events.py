@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 import pyarrow as pa
 
 from keepers.domain.commerce import order_from_event, refund_from_event
-from keepers.domain.events import Event
+from keepers.domain.events import Event, to_json
 from keepers.store.database import Tx
 from keepers.store.identity import apply_resolution, resolve_identities
 
@@ -30,13 +29,6 @@ class Rejection:
     code: str
     reason: str
     payload: str | None
-
-
-def to_json(value: Any) -> str | None:
-    """JSON text for the store; NUL escapes (PostgreSQL refuses them) become U+FFFD."""
-    if value is None:
-        return None
-    return orjson.dumps(value).replace(b"\\u0000", b"\\ufffd").decode()
 
 
 def write_events(
