@@ -91,7 +91,7 @@ def test_orders_import_with_a_column_mapping_and_line_items(duckdb_url, tmp_path
         "A-2;c2;2025-01-06;tea;3.00;1\n"
         "A-1;c1;2025-01-05;cup;1.00;1\n",
     )
-    result = run(
+    command = [
         "import",
         "orders",
         str(csv),
@@ -102,22 +102,12 @@ def test_orders_import_with_a_column_mapping_and_line_items(duckdb_url, tmp_path
         "order_id=Order No",
         "--map",
         "customer_id=Customer",
-    )
+    ]
+    result = run(*command)
     assert result.exit_code == 0, result.output
     status = json.loads(run("status", "--json", "--db", duckdb_url).stdout)
     assert (status["orders"], status["order_items"], status["revenue"]) == (2, 3, 13.0)
-    again = run(
-        "import",
-        "orders",
-        str(csv),
-        "--db",
-        duckdb_url,
-        "--json",
-        "--map",
-        "order_id=Order No",
-        "--map",
-        "customer_id=Customer",
-    )
+    again = run(*command)
     assert json.loads(again.stdout)["stored"] == 0
     assert json.loads(run("status", "--json", "--db", duckdb_url).stdout)["orders"] == 2
 
