@@ -96,10 +96,10 @@ def test_an_anonymous_profile_meeting_an_existing_user_is_merged_into_it(keepers
         == survivor
     )
     assert scalar(keepers, "SELECT count(*) FROM customers WHERE merged_into IS NULL") == 1
-    first_seen = scalar(
-        keepers, "SELECT first_seen FROM customers WHERE customer_id = ?", [survivor]
-    )
-    assert first_seen.year == 2025 and first_seen.month == 1  # the anonymous history counts
+    history = rows(keepers, "SELECT min(timestamp) FROM events WHERE customer_id = ?", [survivor])[
+        0
+    ][0]
+    assert (history.year, history.month) == (2025, 1)  # the anonymous history counts
 
 
 def test_a_shared_device_does_not_merge_two_known_users(keepers):

@@ -59,7 +59,12 @@ def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
     @app.get("/health", tags=["health"])
     def health() -> dict[str, Any]:
         """Liveness and the kind of store behind this server."""
-        return {"status": "ok", "database": keepers.database_kind, "version": __version__}
+        return {
+            "status": "ok",
+            "database": keepers.database_kind,
+            "version": __version__,
+            "writer": keepers.start_writer().stats(),
+        }
 
     _add_schemas(app)
     return app
