@@ -16,7 +16,7 @@ Why it is built this way:
   judged against this machine, not against a number from somewhere else.
 
 Usage: python bench/ingest.py [--database duckdb|postgres|both] [--seconds 30] [--batch 100]
-[--concurrency 16] [--json]. Exit 0 even when targets are missed (it measures, it does not
+[--concurrency 24] [--json]. Exit 0 even when targets are missed (it measures, it does not
 judge); exit 1 when the benchmark itself broke (no server, lost or unexpected events).
 """
 
@@ -1088,7 +1088,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database", choices=("duckdb", "postgres", "both"), default="duckdb")
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
     parser.add_argument("--batch", type=int, default=100, help="events per /v1/batch request")
-    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    parser.add_argument("--concurrency", type=int, default=24, help="requests in flight")
     parser.add_argument("--json", action="store_true", help="only one JSON line on stdout")
     parser.add_argument("--reference-seconds", type=float, default=10.0)
     parser.add_argument(
