@@ -127,6 +127,22 @@ def serve(
     _serve(settings, Keepers.open(settings))
 
 
+def _check_port_free(host: str, port: int, keepers: Any) -> None:
+    """Say so in one line, before starting, when the address is taken."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            keepers.close()
+            raise InvalidInput(
+                f"cannot listen on {host}:{port} ({exc.strerror}); is Keepers already "
+                "running there? Choose another port with --port or KEEPERS_PORT"
+            ) from None
+
+
 def _tune_gc() -> None:
     """Ingest parses hundreds of small dicts per request; with the default thresholds the
     cyclic GC runs constantly and rescans every long-lived object. Freeze what exists at
@@ -144,6 +160,7 @@ def _serve(settings: Settings, keepers: Any) -> None:
     from keepers.services.backends import write_server_info
     from keepers.web.app import create_app
 
+    _check_port_free(settings.host, settings.port, keepers)
     web = create_app(settings, keepers)
     _tune_gc()
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
@@ -153,6 +170,7 @@ def _serve(settings: Settings, keepers: Any) -> None:
         f"Keepers {__version__} serving {settings.database_url} on [bold]{url}[/bold] "
         f"(API docs: {url}/docs). Press Ctrl+C to stop.",
         highlight=False,
+        soft_wrap=True,
     )
     try:
         uvicorn.run(web, host=settings.host, port=settings.port, log_level=settings.log_level)
@@ -435,13 +453,20 @@ def demo(
     as_json: JsonOption = False,
 ) -> None:
     """Generate the demo shop into the database, print a summary, then serve it."""
+    from keepers.errors import DatabaseLocked
     from keepers.services.demo import load_demo
 
     settings = _settings(db, host=host, port=port)
     _tune_gc()
-    keepers, summary, write_key = load_demo(
-        settings, customers=customers, seed=seed, fresh=fresh, progress=_progress(as_json)
-    )
+    try:
+        keepers, summary, write_key = load_demo(
+            settings, customers=customers, seed=seed, fresh=fresh, progress=_progress(as_json)
+        )
+    except DatabaseLocked:
+        raise DatabaseLocked(
+            f"{settings.database_url} is in use by a running Keepers server (perhaps an "
+            "earlier `make demo`); stop it with Ctrl+C, or give this demo its own file with --db"
+        ) from None
     if as_json:
         _print_json({**summary, "write_key": write_key})
     else:

@@ -238,3 +238,33 @@ def test_a_database_locked_by_a_foreign_process_gets_a_clear_message(tmp_path):
     assert result.returncode == 1
     assert "open in another Keepers process" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serving_on_a_port_in_use_is_one_readable_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*KEEPERS, "serve", "--db", str(tmp_path / "p.duckdb"), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr and "leaked" not in result.stderr
+
+
+def test_a_second_demo_on_a_served_database_says_what_to_do(served_duckdb):
+    db, _ = served_duckdb
+    result = subprocess.run(
+        [*KEEPERS, "demo", "--no-serve", "--customers", "10", "--db", db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "in use by a running Keepers server" in result.stderr and "--db" in result.stderr
