@@ -10,13 +10,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from keepers.errors import InvalidInput
 
 
 class Settings(BaseSettings):
@@ -88,5 +90,14 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment and files, with explicit overrides (None = not given)."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from the environment and files, with explicit overrides (None = not given).
+
+    An invalid value raises InvalidInput naming the setting and its environment variable."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first.get("loc") else "?"
+        raise InvalidInput(
+            f"setting '{name}' (KEEPERS_{name.upper()}): {first['msg']}", code="invalid_setting"
+        ) from None
