@@ -339,3 +339,44 @@ def test_overload_is_429_with_retry_after_and_nothing_acknowledged_is_lost(pg_li
     assert second.status_code == 429 and second.headers["Retry-After"]
     assert results["first"] == 200
     assert scalar(live.keepers, "SELECT count(*) FROM events") == 100
+
+
+def test_a_batch_the_store_refuses_is_quarantined_not_lost_and_others_still_land(pg_live):
+    live, url = pg_live
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.message_id = 'poison' THEN RAISE EXCEPTION 'refused by policy'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        admin.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW "
+            "EXECUTE FUNCTION refuse_poison()"
+        )
+    poisoned = {"batch": [message(type="track", messageId="poison"), message(type="track")]}
+    answer = httpx.post(live.url + "/v1/batch", json=poisoned, headers=basic(live.write_key))
+    assert answer.status_code == 200 and answer.json()["quarantined"] == 2
+    assert (
+        scalar(
+            live.keepers,
+            "SELECT count(*) FROM rejected_events "
+            "WHERE code = 'store_error' AND payload LIKE '%poison%'",
+        )
+        == 1
+    )
+    good = httpx.post(
+        live.url + "/v1/batch",
+        json={"batch": [message(type="track")]},
+        headers=basic(live.write_key),
+    )
+    assert good.status_code == 200 and "quarantined" not in good.json()
+    assert scalar(live.keepers, "SELECT count(*) FROM events") == 1
+
+
+def test_an_email_trait_with_a_nul_character_does_not_break_the_store(live_server):
+    msg = message(type="identify", traits={"email": "a\u0000b@example.com", "name": "x"})
+    answer = httpx.post(
+        live_server.url + "/v1/identify", json=msg, headers=basic(live_server.write_key)
+    )
+    assert answer.status_code == 200 and "quarantined" not in answer.json()
+    assert scalar(live_server.keepers, "SELECT count(*) FROM events") == 1

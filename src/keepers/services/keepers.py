@@ -173,7 +173,7 @@ class Keepers:
             except Overloaded:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
-                job = Job(source_id=job.source_id, events=job.events, rejected=job.rejected)
+                job = Job(job.source_id, job.events, job.rejected, batch=job.batch)
 
     # --- reads ----------------------------------------------------------------------------------
 

@@ -192,6 +192,7 @@ class _PgTx:
     def __init__(self, con: Any, staged: set[str]) -> None:
         self._con = con
         self._staged = staged  # temp tables this connection already has
+        self.created: list[str] = []  # created in this transaction: gone if it rolls back
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._con.cursor() as cur:
@@ -213,6 +214,7 @@ class _PgTx:
                 cur.execute(f"DROP TABLE IF EXISTS {name}")
                 cur.execute(f"CREATE TEMP TABLE {name} ({columns}) ON COMMIT DELETE ROWS")
                 self._staged.add(key)
+                self.created.append(key)
             else:
                 cur.execute(f"TRUNCATE {name}")
             sink = pa.BufferOutputStream()
@@ -273,9 +275,12 @@ class PostgresDatabase:
         import psycopg
 
         con, block = self._begin()
+        staged = self._staged_by_connection.setdefault(id(con), set())
+        tx = _PgTx(con, staged)
         try:
-            yield _PgTx(con, self._staged_by_connection.setdefault(id(con), set()))
+            yield tx
         except BaseException as exc:
+            staged.difference_update(tx.created)
             with suppress(psycopg.Error):
                 block.__exit__(type(exc), exc, exc.__traceback__)
             if isinstance(exc, psycopg.OperationalError):

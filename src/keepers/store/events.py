@@ -212,7 +212,9 @@ def _update_customers(
 
 def _email(traits: dict[str, Any]) -> str | None:
     email = traits.get("email")
-    return email.strip().lower()[:320] if isinstance(email, str) and email.strip() else None
+    if not isinstance(email, str) or not email.strip() or "\x00" in email:
+        return None
+    return email.strip().lower()[:320]
 
 
 def _write_accounts(

@@ -130,6 +130,8 @@ def tracking_router(keepers: Keepers) -> APIRouter:
                 {"index": index, "code": code, "message": message}
                 for index, code, message, _ in prepared.rejected
             ]
+            if result.quarantined:
+                answer["quarantined"] = result.quarantined  # kept in rejected_events
         return JSONBytes(answer)
 
     def add(path: str, kind: str) -> None:
