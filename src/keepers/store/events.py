@@ -53,6 +53,14 @@ class EventBatch:
     grouped: list[int] = field(default_factory=list)  # positions of events with a group id
 
 
+def _constant_or_column(events: list[Event], name: str) -> pa.Array:
+    """One request's events share their receive time: repeat it instead of converting each."""
+    first = getattr(events[0], name) if events else None
+    if events and all(getattr(e, name) == first for e in events):
+        return pa.repeat(pa.scalar(first, TS), len(events))
+    return pa.array([getattr(e, name) for e in events], TS)
+
+
 def prepare_batch(source_id: str, events: list[Event]) -> EventBatch:
     """Columns and implied rows of one request, built outside the writer."""
     n = len(events)
@@ -62,7 +70,7 @@ def prepare_batch(source_id: str, events: list[Event]) -> EventBatch:
 
     table = pa.table(
         {
-            "source_id": pa.array([source_id] * n, pa.string()),
+            "source_id": pa.repeat(pa.scalar(source_id, pa.string()), n),
             "message_id": column("message_id"),
             "type": column("type"),
             "event": column("event"),
@@ -72,7 +80,7 @@ def prepare_batch(source_id: str, events: list[Event]) -> EventBatch:
             "timestamp": column("timestamp", TS),
             "original_timestamp": column("original_timestamp", TS),
             "sent_at": column("sent_at", TS),
-            "received_at": column("received_at", TS),
+            "received_at": _constant_or_column(events, "received_at"),
             "properties": column("properties_json"),
             "traits": column("traits_json"),
             "context": column("context_json"),
