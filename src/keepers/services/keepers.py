@@ -41,11 +41,6 @@ class IngestReport:
     duplicates: int = 0
     rejected: list[tuple[int, str, str]] = field(default_factory=list)
 
-    def add(self, other: IngestReport, offset: int = 0) -> None:
-        self.stored += other.stored
-        self.duplicates += other.duplicates
-        self.rejected.extend((offset + i, code, msg) for i, code, msg in other.rejected)
-
 
 class Keepers:
     """One opened Keepers store and the operations on it."""
