@@ -1,0 +1,61 @@
+"""Imports point one way: errors/settings ← domain ← store ← ingest | demo ← services ←
+web ← cli. A module may import its own package and any lower layer, never a higher one
+(so the store never learns about HTTP, and the domain stays pure)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parents[2] / "src" / "keepers"
+LAYERS = {
+    "errors": 0,
+    "settings": 0,
+    "domain": 1,
+    "store": 2,
+    "ingest": 3,
+    "demo": 3,
+    "services": 4,
+    "web": 5,
+    "cli": 5,
+    "testing": 6,  # helpers for tests and benchmarks; nothing in the product imports them
+}
+
+
+def package_of(module: str) -> str:
+    return module.split(".")[1]
+
+
+def imports_of(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("keepers."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("keepers."))
+    return found
+
+
+def test_every_package_has_a_layer():
+    packages = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if p.name not in ("__init__.py", "__pycache__", "py.typed")
+    }
+    assert packages == set(LAYERS)
+
+
+def test_no_module_imports_a_higher_layer():
+    violations = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts == ("__init__",):
+            continue
+        own = parts[0]
+        for imported in imports_of(path):
+            target = package_of(imported)
+            if target != own and LAYERS[target] >= LAYERS[own] and LAYERS[own] != 0:
+                violations.append(f"{'/'.join(parts)} imports {imported}")
+            if LAYERS[own] == 0 and target not in ("errors", "settings"):
+                violations.append(f"{'/'.join(parts)} imports {imported}")
+    assert violations == []
