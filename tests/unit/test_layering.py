@@ -17,8 +17,8 @@ LAYERS = {
     "demo": 3,
     "services": 4,
     "web": 5,
-    "cli": 5,
-    "testing": 6,  # helpers for tests and benchmarks; nothing in the product imports them
+    "cli": 6,  # the outermost layer: it starts the web app
+    "testing": 7,  # helpers for tests and benchmarks; nothing in the product imports them
 }
 
 
