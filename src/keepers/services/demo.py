@@ -109,8 +109,7 @@ def _submit(writer: Any, messages: list[Any], pending: deque[Future[JobResult]])
         try:
             pending.append(writer.submit(job))
             break
-        except Overloaded:
+        except Overloaded:  # nothing was queued: wait for the oldest commit, then resend
             pending.popleft().result()
-            job = Job(source_id=DEMO_SOURCE, events=events)
     while pending and pending[0].done():
         pending.popleft().result()

@@ -167,8 +167,7 @@ class Keepers:
                 return self.submit_job(job)
             except Overloaded:
                 time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                job = Job(job.source_id, job.events, job.rejected, batch=job.batch)
+                delay = min(delay * 2, 1.0)  # an overloaded submit queued nothing: resend
 
     # --- reads ----------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ Key = tuple[str, str]  # ("user" | "anon", value)
 
 @dataclass
 class Resolution:
-    """What the walk decided; `apply()` writes it."""
+    """What the walk decided; `apply_resolution()` writes it."""
 
     customer_ids: list[int]
     new_customers: dict[int, tuple[str | None, str | None]]  # id → (user_id, anonymous_id)
