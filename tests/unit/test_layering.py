@@ -1,4 +1,4 @@
-"""Imports point one way: errors/settings ← domain ← store ← ingest | demo ← services ←
+"""Imports point one way: errors/settings ← domain ← store ← ingest | demo | engine ← services ←
 web ← cli. A module may import its own package and any lower layer, never a higher one
 (so the store never learns about HTTP, and the domain stays pure)."""
 
@@ -15,6 +15,7 @@ LAYERS = {
     "store": 2,
     "ingest": 3,
     "demo": 3,
+    "engine": 3,
     "services": 4,
     "web": 5,
     "cli": 6,  # the outermost layer: it starts the web app

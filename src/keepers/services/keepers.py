@@ -14,8 +14,10 @@ from datetime import datetime
 from typing import Any
 
 from keepers.domain.events import MessageRejected, normalize_message
+from keepers.engine.compute import ComputeReport
 from keepers.errors import Overloaded, Unauthorized
 from keepers.ingest.writer import GroupCommitWriter, Job, JobResult, commit_jobs, utcnow
+from keepers.services import lifecycle
 from keepers.settings import Settings
 from keepers.store import Database, open_database
 from keepers.store.events import Rejection
@@ -168,6 +170,16 @@ class Keepers:
             except Overloaded:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)  # an overloaded submit queued nothing: resend
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def compute(
+        self, *, full: bool = False, as_of: datetime | None = None, emit_changes: bool = True
+    ) -> ComputeReport:
+        """Bring traits, stages and segments up to date (incrementally unless `full`)."""
+        return lifecycle.compute(
+            self.db, as_of=as_of or self.clock(), full=full, emit_changes=emit_changes
+        )
 
     # --- reads ----------------------------------------------------------------------------------
 

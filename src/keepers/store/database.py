@@ -137,6 +137,7 @@ class DuckDBDatabase:
         con = getattr(self._local, "con", None)
         if con is None:
             con = self._local.con = self._root.cursor()
+            con.execute("SET TimeZone = 'UTC'")  # timestamptz → timestamp casts stay in UTC
             with self._lock:
                 self._cursors.append(con)
         return con

@@ -118,12 +118,22 @@ def write_events(
     table = table.add_column(2, "customer_id", pa.array(customers, pa.int64()))
     tx.stage("stage_events", table)
     new_keys = _insert_events(tx)
+    mark_dirty(tx, "SELECT DISTINCT customer_id FROM stage_events")
     offsets = _offsets(batches)
     traits = _identify_traits(batches, offsets, customers, new_keys)
     _update_customers(tx, traits, became_known, now)
     _write_accounts(tx, batches, offsets, customers, new_keys, now)
     _write_orders(tx, batches, offsets, customers, new_keys)
     return new_keys
+
+
+def mark_dirty(tx: Tx, customers_sql: str) -> None:
+    """Queue customers for the engine's next incremental compute (same transaction as the
+    write that changed them; writers are serialised, so the numbers rise in commit order)."""
+    tx.execute(
+        "INSERT INTO dirty_customers SELECT customer_id, nextval('dirty_seq') "
+        f"FROM ({customers_sql}) AS d"
+    )
 
 
 def _offsets(batches: list[EventBatch]) -> list[int]:

@@ -1,0 +1,1 @@
+"""Set-based compute in Ibis: traits, stages, segments."""

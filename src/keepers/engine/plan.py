@@ -1,0 +1,560 @@
+"""From definitions to Ibis expressions: the traits of every customer, then stage and segments.
+
+A `Plan` is built once per compute from the definitions. It has two halves, both plain Ibis
+over unbound tables (so the same plan compiles to DuckDB, PostgreSQL or Spark SQL):
+
+As-of time is an Ibis value (a literal), so a compiled query can be kept and reused with
+another time (see `engine.compute.render`): compiling is slower than running, here.
+
+- `traits(as_of, only_affected=...)`: per-customer aggregates over the event log, orders and refunds
+  as of a moment — the built-in traits, the user's traits, and the hidden aggregates the
+  rules call for (`count("Product Viewed", days=30)` becomes one more column). Events are
+  read once for the cheap aggregates; JSON properties are only parsed on the few events
+  that need them (NPS answers, identify calls, events a user trait names).
+- `evaluate(state, as_of)`: over a table of stored traits, the time-dependent traits
+  (`days_since_*` from stored timestamps, so a customer crosses "90 days" without a new
+  event), then segments and stage in dependency order — the first stage rule that holds wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ibis
+import ibis.expr.types as ir
+
+from keepers.domain.definitions import BUILTIN_TRAITS, Definitions, TraitDefinition
+from keepers.domain.rules import Call, FunctionSpec, Node, Scope, check, parse
+from keepers.engine.compile import (
+    call_arguments,
+    compile_condition,
+    compile_rule,
+    literal_value,
+    references,
+)
+from keepers.errors import RuleError
+
+TS = "timestamp('UTC')"
+EVENTS = ibis.table(
+    {
+        "customer_id": "int64",
+        "type": "string",
+        "event": "string",
+        "user_id": "string",
+        "anonymous_id": "string",
+        "timestamp": TS,
+        "properties": "json",
+        "traits": "json",
+        "context": "json",
+    },
+    name="events",
+)
+ORDERS = ibis.table(
+    {
+        "customer_id": "int64",
+        "ordered_at": TS,
+        "revenue": "float64",
+        "total": "float64",
+    },
+    name="orders",
+)
+REFUNDS = ibis.table(
+    {"customer_id": "int64", "refunded_at": TS, "amount": "float64"}, name="refunds"
+)
+CUSTOMERS = ibis.table(
+    {"customer_id": "int64", "merged_into": "int64", "created_at": TS}, name="customers"
+)
+AFFECTED = ibis.table({"customer_id": "int64"}, name="_kp_affected")
+
+NUMBER_FUNCTIONS = ("sum", "avg", "min", "max")
+EVENT_ARG = ("event", "string")
+PROPERTY_ARG = ("property", "string")
+DAYS = (("days", "number"),)
+FUNCTIONS = {
+    "count": FunctionSpec("count", (EVENT_ARG,), DAYS, "number", "events of that name"),
+    **{
+        name: FunctionSpec(name, (EVENT_ARG, PROPERTY_ARG), DAYS, "number", f"{name} of a property")
+        for name in NUMBER_FUNCTIONS
+    },
+    "first": FunctionSpec("first", (EVENT_ARG, PROPERTY_ARG), DAYS, "any", "first value"),
+    "last": FunctionSpec("last", (EVENT_ARG, PROPERTY_ARG), DAYS, "any", "last value"),
+    "distinct": FunctionSpec(
+        "distinct", (EVENT_ARG, PROPERTY_ARG), DAYS, "number", "distinct values of a property"
+    ),
+    "days_since": FunctionSpec(
+        "days_since", (EVENT_ARG,), (), "number", "whole days since the last such event"
+    ),
+    "in_segment": FunctionSpec(
+        "in_segment", (("segment", "string"),), (), "bool", "member of a segment"
+    ),
+}
+EVENT_SCOPE = Scope(
+    fields={"event": "string", "type": "string", "user_id": "string", "anonymous_id": "string"},
+    prefixes={"properties": "any", "context": "any", "traits": "any"},
+    what="trait filter",
+)
+STORED_BUILTINS = {
+    "events": "int64",
+    "page_views": "int64",
+    "first_seen_at": TS,
+    "last_seen_at": TS,
+    "last_active_at": TS,
+    "identified": "boolean",
+    "signed_up": "boolean",
+    "trial_started": "boolean",
+    "orders": "int64",
+    "revenue": "float64",
+    "average_order_value": "float64",
+    "first_order_at": TS,
+    "last_order_at": TS,
+    "previous_order_gap_days": "int64",
+    "refunds": "int64",
+    "refunded_amount": "float64",
+    "net_revenue": "float64",
+    "emails_opened": "int64",
+    "emails_clicked": "int64",
+    "unsubscribed": "boolean",
+    "nps": "float64",
+    "referrals_made": "int64",
+}
+DAYS_SINCE = {
+    "days_since_first_seen": "first_seen_at",
+    "days_since_last_seen": "last_seen_at",
+    "days_since_last_active": "last_active_at",
+    "days_since_first_order": "first_order_at",
+    "days_since_last_order": "last_order_at",
+}
+SEGMENT_ALL = ","  # the stored segment list of a customer in none: ",a,b," otherwise
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One per-customer aggregate over events."""
+
+    column: str
+    # count | exists | known | min_ts | max_ts | sum | avg | min | max | first | last |
+    # distinct | last_number
+    func: str
+    event: str | None = None
+    types: tuple[str, ...] = ()
+    path: str | None = None  # dotted property path inside `source`
+    source: str = "properties"
+    where: str | None = None
+    days: int | None = None
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def needs_json(self) -> bool:
+        return self.path is not None or self.where is not None
+
+    @property
+    def ibis_type(self) -> str:
+        if self.func in ("count", "distinct"):
+            return "int64"
+        if self.func in ("exists", "known"):
+            return "boolean"
+        if self.func in ("min_ts", "max_ts"):
+            return TS
+        if self.func in ("first", "last"):
+            return "string"
+        return "float64"
+
+
+def _hidden(prefix: str, *parts: object) -> str:
+    digest = hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:12]
+    return f"_{prefix}_{digest}"
+
+
+@dataclass
+class Plan:
+    """The compiled form of one version of the definitions."""
+
+    definitions: Definitions
+    passive: tuple[str, ...]
+    aggregates: list[Aggregate] = field(default_factory=list)
+    profile_traits: dict[str, str] = field(default_factory=dict)  # "traits.plan" -> column
+    call_columns: dict[tuple, str] = field(default_factory=dict)
+    user_traits: dict[str, str] = field(default_factory=dict)  # key -> type
+    stage_rules: list[tuple[str, str, Node]] = field(default_factory=list)
+    segment_rules: dict[str, tuple[str, Node]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # segment keys and "stage", evaluation order
+
+    # --- building -----------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, definitions: Definitions) -> Plan:
+        plan = cls(definitions, tuple(definitions.stage_model.passive_events))
+        plan._builtin_aggregates()
+        for trait in definitions.traits:
+            plan._user_trait(trait)
+        scope = plan.scope(with_stage=False)
+        for stage in definitions.stage_model.stages:
+            node = plan._parse(stage.rule, scope, f"stage '{stage.key}'")
+            plan.stage_rules.append((stage.key, stage.rule, node))
+        segment_scope = plan.scope(with_stage=True)
+        for segment in definitions.segments:
+            node = plan._parse(segment.rule, segment_scope, f"segment '{segment.key}'")
+            plan.segment_rules[segment.key] = (segment.rule, node)
+        plan.order = plan._dependency_order()
+        return plan
+
+    def scope(self, *, with_stage: bool) -> Scope:
+        fields = {t.key: t.type for t in BUILTIN_TRAITS}
+        fields.update(self.user_traits)
+        if with_stage:
+            fields["stage"] = "string"
+        return Scope(fields=fields, prefixes={"traits": "any"}, functions=FUNCTIONS)
+
+    def _parse(self, rule: str, scope: Scope, what: str) -> Node:
+        try:
+            node = parse(rule)
+            check(node, rule, scope)
+        except RuleError as exc:
+            exc.message = f"{what}: {exc.message}"
+            exc.args = (exc.message,)
+            raise
+        fields, calls = references(node)
+        for name in fields:
+            if name.startswith("traits."):
+                self.profile_traits.setdefault(name, _hidden("t", name))
+        for call in calls:
+            self._register_call(call, rule, what)
+        return node
+
+    def _register_call(self, call: Call, rule: str, what: str) -> None:
+        bound = call_arguments(call, FUNCTIONS[call.name])
+        if call.name == "in_segment":
+            if bound["segment"] not in {s.key for s in self.definitions.segments}:
+                known = ", ".join(s.key for s in self.definitions.segments) or "none yet"
+                raise RuleError(
+                    f"{what}: unknown segment '{bound['segment']}' (segments: {known})",
+                    source=rule,
+                    position=call.start,
+                    length=call.end - call.start,
+                )
+            return
+        key = _call_key(call)
+        if key in self.call_columns:
+            return
+        column = _hidden("f", *key)
+        self.call_columns[key] = column
+        _, event, prop, days = key
+        if call.name == "count":
+            self.aggregates.append(Aggregate(column, "count", event=event, days=days))
+        elif call.name == "days_since":
+            self.aggregates.append(Aggregate(column, "max_ts", event=event))
+        else:
+            self.aggregates.append(Aggregate(column, call.name, event=event, path=prop, days=days))
+
+    def _builtin_aggregates(self) -> None:
+        a = self.aggregates.append
+        a(Aggregate("events", "count"))
+        a(Aggregate("page_views", "count", types=("page", "screen")))
+        a(Aggregate("first_seen_at", "min_ts"))
+        a(Aggregate("last_seen_at", "max_ts"))
+        a(Aggregate("last_active_at", "max_ts", exclude=self.passive))
+        a(Aggregate("identified", "known"))
+        a(Aggregate("signed_up", "exists", event="Signed Up"))
+        a(Aggregate("trial_started", "exists", event="Trial Started"))
+        a(Aggregate("emails_opened", "count", event="Email Opened"))
+        a(Aggregate("emails_clicked", "count", event="Email Link Clicked"))
+        a(Aggregate("unsubscribed", "exists", event="Unsubscribed"))
+        a(Aggregate("referrals_made", "count", event="Referral Converted"))
+        a(Aggregate("nps", "last_number", event="NPS Survey Answered", path="score"))
+
+    def _user_trait(self, trait: TraitDefinition) -> None:
+        if trait.where:
+            node = parse(trait.where)
+            check(node, trait.where, EVENT_SCOPE)
+        func = trait.aggregate
+        self.aggregates.append(
+            Aggregate(
+                trait.key,
+                func,
+                event=trait.event,
+                path=trait.property,
+                where=trait.where,
+                days=trait.days,
+            )
+        )
+        self.user_traits[trait.key] = trait.value_type()
+
+    def _dependency_order(self) -> list[str]:
+        """Segments and the stage in an order where each comes after what it uses."""
+        uses: dict[str, set[str]] = {"stage": set()}
+        for key, node in ((k, n) for k, (_, n) in self.segment_rules.items()):
+            uses[key] = _segments_used(node) | (
+                {"stage"} if "stage" in references(node)[0] else set()
+            )
+        for _, _, node in self.stage_rules:
+            uses["stage"] |= _segments_used(node)
+        order: list[str] = []
+        visiting: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in order:
+                return
+            if name in visiting:
+                cycle = " → ".join([*visiting[visiting.index(name) :], name])
+                raise RuleError(f"rules depend on each other in a circle: {cycle}")
+            visiting.append(name)
+            for used in sorted(uses.get(name, ())):
+                visit(used)
+            visiting.pop()
+            order.append(name)
+
+        for name in ["stage", *self.segment_rules]:
+            visit(name)
+        return order
+
+    # --- signature ----------------------------------------------------------------------------
+
+    def signature(self) -> str:
+        """Changes when the stored columns change: then a full recompute is needed."""
+        parts = [repr(a) for a in self.aggregates] + sorted(self.profile_traits.items())
+        return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        """Changes with any definition: the key of compiled queries."""
+        body = self.definitions.model_dump_json()
+        return hashlib.sha1(body.encode()).hexdigest()[:16]
+
+    def windows(self) -> set[int]:
+        return {a.days for a in self.aggregates if a.days}
+
+    def state_schema(self) -> dict[str, str]:
+        """Columns of the stored traits (what `traits()` returns), in order."""
+        columns = {"customer_id": "int64", **STORED_BUILTINS}
+        for aggregate in self.aggregates:
+            columns.setdefault(aggregate.column, aggregate.ibis_type)
+        for column in self.profile_traits.values():
+            columns[column] = "string"
+        return columns
+
+    # --- traits -------------------------------------------------------------------------------
+
+    def traits(self, as_of: ir.TimestampValue, *, only_affected: bool = False) -> ir.Table:
+        customers = CUSTOMERS.filter(CUSTOMERS.merged_into.isnull())
+        events = EVENTS.filter(EVENTS.timestamp <= as_of)
+        orders = ORDERS.filter(ORDERS.ordered_at <= as_of)
+        refunds = REFUNDS.filter(REFUNDS.refunded_at <= as_of)
+        if only_affected:
+            customers = customers.filter(customers.customer_id.isin(AFFECTED.customer_id))
+            events = events.filter(events.customer_id.isin(AFFECTED.customer_id))
+            orders = orders.filter(orders.customer_id.isin(AFFECTED.customer_id))
+            refunds = refunds.filter(refunds.customer_id.isin(AFFECTED.customer_id))
+        parts = [
+            self._event_aggregates(events, as_of, json=False),
+            self._event_aggregates(events, as_of, json=True),
+            _order_aggregates(orders),
+            refunds.group_by("customer_id").aggregate(
+                refunds=refunds.count(), refunded_amount=refunds.amount.sum()
+            ),
+        ]
+        if self.profile_traits:
+            parts.append(self._profile_aggregates(events))
+        joined = customers.select("customer_id", "created_at")
+        for part in parts:
+            if part is not None:
+                joined = joined.left_join(part, "customer_id").drop("customer_id_right")
+        joined = joined.filter(joined.first_seen_at.notnull() | (joined.created_at <= as_of)).drop(
+            "created_at"
+        )
+        return self._finish_traits(joined)
+
+    def _event_aggregates(
+        self, events: ir.Table, as_of: ir.TimestampValue, *, json: bool
+    ) -> ir.Table | None:
+        wanted = [a for a in self.aggregates if a.needs_json == json]
+        if not wanted:
+            return None
+        if json:
+            names = {a.event for a in wanted}
+            if None not in names:
+                events = events.filter(events.event.isin(sorted(names)))
+        metrics = {a.column: _aggregate(events, a, as_of) for a in wanted}
+        return events.group_by("customer_id").aggregate(**metrics)
+
+    def _profile_aggregates(self, events: ir.Table) -> ir.Table:
+        identifies = events.filter(events.type == "identify")
+        metrics = {}
+        for name, column in self.profile_traits.items():
+            value = _json_text(identifies.traits, name.split(".")[1:])
+            metrics[column] = value.argmax(identifies.timestamp, where=value.notnull())
+        return identifies.group_by("customer_id").aggregate(**metrics)
+
+    def _finish_traits(self, t: ir.Table) -> ir.Table:
+        """Zeros where nothing happened (counts, sums), then the time-independent ratios."""
+        zero = {"orders": 0, "revenue": 0.0, "refunds": 0, "refunded_amount": 0.0}
+        for a in self.aggregates:
+            if a.func in ("count", "distinct", "sum"):
+                zero[a.column] = 0
+            elif a.func in ("exists", "known"):
+                zero[a.column] = False
+        schema = self.state_schema()
+        t = t.mutate(**{name: t[name].fill_null(value) for name, value in zero.items()})
+        t = t.mutate(
+            average_order_value=t.revenue / t.orders.nullif(0),
+            net_revenue=t.revenue - t.refunded_amount,
+            previous_order_gap_days=_whole_days(t.last_order_at, t.previous_order_at),
+        )
+        return t.select(*[t[c].cast(kind).name(c) for c, kind in schema.items()])
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(self, state: ir.Table, as_of: ir.TimestampValue) -> ir.Table:
+        """`state` plus `new_stage` and `new_segments` (",a,b," in key order)."""
+        epoch = as_of.epoch_seconds()
+        derived = {
+            name: ((epoch - state[column].epoch_seconds()) / 86400).floor().cast("int64")
+            for name, column in DAYS_SINCE.items()
+        }
+        for key, column in self.call_columns.items():
+            if key[0] == "days_since":
+                derived[column + "_days"] = (
+                    ((epoch - state[column].epoch_seconds()) / 86400).floor().cast("int64")
+                )
+        t = state.mutate(**derived)
+        for name in self.order:
+            if name == "stage":
+                t = t.mutate(new_stage=self._stage_expr(t))
+            else:
+                _, node = self.segment_rules[name]
+                t = t.mutate(**{_segment_column(name): self._condition(t, node)})
+        segments = ibis.literal(",")
+        for key in sorted(self.segment_rules):
+            segments = segments + t[_segment_column(key)].ifelse(f"{key},", "")
+        return t.mutate(new_segments=segments)
+
+    def _stage_expr(self, t: ir.Table) -> ir.StringValue:
+        cases = [(self._condition(t, node), key) for key, _, node in self.stage_rules]
+        return ibis.cases(*cases, else_=ibis.null("string"))
+
+    def _condition(self, t: ir.Table, node: Node) -> ir.BooleanValue:
+        return compile_condition(node, self._field_resolver(t), self._call_resolver(t))
+
+    def value(self, t: ir.Table, node: Node) -> ir.Value:
+        return compile_rule(node, self._field_resolver(t), self._call_resolver(t))
+
+    def _field_resolver(self, t: ir.Table) -> Callable[[str], ir.Value]:
+        def resolve(name: str) -> ir.Value:
+            if name == "stage":
+                return t.new_stage
+            if name.startswith("traits."):
+                return t[self.profile_traits[name]]
+            return t[name]
+
+        return resolve
+
+    def _call_resolver(self, t: ir.Table) -> Callable[[Call], ir.Value]:
+        def resolve(call: Call) -> ir.Value:
+            if call.name == "in_segment":
+                return t[_segment_column(str(literal_value(call.args[0])))]
+            column = self.call_columns[_call_key(call)]
+            if call.name == "days_since":
+                return t[column + "_days"]
+            return t[column]
+
+        return resolve
+
+    def stage_causes(self) -> dict[str, str]:
+        return {key: rule for key, rule, _ in self.stage_rules}
+
+
+def _call_key(call: Call) -> tuple:
+    """(function, event, property, days) of an aggregate call, however it was written."""
+    bound = call_arguments(call, FUNCTIONS[call.name])
+    days = bound.get("days")
+    return (call.name, bound.get("event"), bound.get("property"), int(days) if days else None)
+
+
+def _segment_column(key: str) -> str:
+    return f"_seg_{key}"
+
+
+def _segments_used(node: Node) -> set[str]:
+    calls = references(node)[1]
+    return {str(literal_value(c.args[0])) for c in calls if c.name == "in_segment"}
+
+
+def _json_path(column: ir.Value, path: list[str]) -> ir.Value:
+    for part in path:
+        column = column[part]
+    return column
+
+
+def _json_text(column: ir.Value, path: list[str]) -> ir.StringValue:
+    """A JSON value as text, whatever its JSON type ("pro", "35", "true")."""
+    raw = _json_path(column, path).cast("string")
+    return raw.re_replace(r'^"|"$', "").nullif("null")
+
+
+def _aggregate(events: ir.Table, a: Aggregate, as_of: ir.TimestampValue) -> ir.Value:
+    cond = ibis.literal(True)
+    if a.event is not None:
+        cond = cond & (events.event == a.event)
+    if a.types:
+        cond = cond & events.type.isin(list(a.types))
+    if a.exclude:
+        cond = cond & ~events.event.isin(list(a.exclude)).fill_null(False)
+    if a.days:
+        cond = cond & (events.timestamp > as_of - ibis.interval(days=a.days))
+    if a.where:
+        node = parse(a.where)
+        cond = cond & compile_condition(node, lambda name: _event_field(events, name), _no_calls)
+    func = a.func
+    if func == "count":
+        return events.count(where=cond)
+    if func == "exists":
+        return events.count(where=cond) > 0
+    if func == "known":
+        return events.user_id.notnull().any()
+    if func == "min_ts":
+        return events.timestamp.min(where=cond)
+    if func == "max_ts":
+        return events.timestamp.max(where=cond)
+    path = (a.path or "").split(".")
+    if func in ("first", "last", "distinct"):
+        text = _json_text(events[a.source], path)
+        if func == "distinct":
+            return text.nunique(where=cond)
+        pick = text.argmin if func == "first" else text.argmax
+        return pick(events.timestamp, where=cond & text.notnull())
+    number = _json_text(events[a.source], path).try_cast("float64")
+    if func == "last_number":
+        return number.argmax(events.timestamp, where=cond & number.notnull())
+    return getattr(number, {"avg": "mean"}.get(func, func))(where=cond)
+
+
+def _event_field(events: ir.Table, name: str) -> ir.Value:
+    head, _, rest = name.partition(".")
+    if rest:
+        return _json_text(events[head], rest.split("."))
+    return events[head]
+
+
+def _no_calls(call: Call) -> ir.Value:
+    raise RuleError(f"functions cannot be used in a trait filter: {call.name}()")
+
+
+def _order_aggregates(orders: ir.Table) -> ir.Table:
+    ranked = orders.mutate(
+        position=ibis.row_number().over(
+            group_by=orders.customer_id, order_by=ibis.desc(orders.ordered_at)
+        ),
+        amount=orders.revenue.coalesce(orders.total, 0.0),
+    )
+    return ranked.group_by("customer_id").aggregate(
+        orders=ranked.count(),
+        revenue=ranked.amount.sum(),
+        first_order_at=ranked.ordered_at.min(),
+        last_order_at=ranked.ordered_at.max(),
+        previous_order_at=ranked.ordered_at.max(where=ranked.position == 1),
+    )
+
+
+def _whole_days(later: ir.TimestampValue, earlier: ir.TimestampValue) -> ir.IntegerValue:
+    return ((later.epoch_seconds() - earlier.epoch_seconds()) / 86400).floor().cast("int64")
