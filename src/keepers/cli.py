@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -34,8 +35,16 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Write keys that sources use to send events.", no_args_is_help=True)
 import_app = typer.Typer(help="Import existing data from files.", no_args_is_help=True)
+segments_app = typer.Typer(
+    help="Segments: named rules over traits, stages and events.", no_args_is_help=True
+)
+definitions_app = typer.Typer(
+    help="The stage model, segments and traits as one versioned file.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(import_app, name="import")
+app.add_typer(segments_app, name="segments")
+app.add_typer(definitions_app, name="definitions")
 
 out = Console()
 err = Console(stderr=True)
@@ -470,13 +479,318 @@ def demo(
     if as_json:
         _print_json({**summary, "write_key": write_key})
     else:
+        lifecycle = summary.pop("lifecycle")
         _summary_table(summary, f"Demo business ({customers:,} customers, seed {seed})")
+        _stages_tables(lifecycle)
         if write_key:
             out.print(f"write key 'demo': [bold]{write_key}[/bold] (shown once)", highlight=False)
     if serve_after:
         _serve(settings, keepers)
     else:
         keepers.close()
+
+
+# --- lifecycle ------------------------------------------------------------------------------------
+
+
+def _moment(value: str | None, option: str) -> datetime | None:
+    """A date or ISO time from the command line, in UTC when no zone is given."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"{option}: '{value}' is not a date; use YYYY-MM-DD or an ISO 8601 time"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _lifecycle(db: str | None, operation: str, **params: Any) -> Any:
+    from keepers.services.backends import open_backend
+
+    backend = open_backend(_existing(_settings(db)))
+    try:
+        return backend.lifecycle(operation, **params)
+    finally:
+        backend.close()
+
+
+@app.command()
+@friendly_errors
+def compute(
+    full: Annotated[
+        bool, typer.Option("--full", help="Recompute every customer, not only what changed.")
+    ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of", help="Show the state at this date (YYYY-MM-DD or ISO time); writes nothing."
+        ),
+    ] = None,
+    backfill: Annotated[
+        bool, typer.Option("--backfill", help="Rebuild stage history from --since to now.")
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Where a backfill starts (YYYY-MM-DD).")
+    ] = None,
+    every: Annotated[
+        str, typer.Option("--every", help="Backfill step: day, week or month.")
+    ] = "week",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compute traits, stages and segments (incremental by default)."""
+    if backfill and since is None:
+        raise InvalidInput("--backfill needs --since DATE (where the history should start)")
+    if since is not None and not backfill:
+        raise InvalidInput("--since only applies with --backfill")
+    params: dict[str, Any] = {"full": full, "as_of": _moment(as_of, "--as-of")}
+    if backfill:
+        params.update(backfill_since=_moment(since, "--since"), every=every)
+    result = _lifecycle(db, "compute", **params)
+    if as_json:
+        _print_json(result)
+        return
+    _compute_summary(result)
+
+
+def _compute_summary(result: dict[str, Any]) -> None:
+    if "steps" in result:
+        title = f"Backfill from {result['since'][:10]}, every {result['every']}"
+        facts = {k: result[k] for k in ("steps", "stage_moves", "segment_changes")}
+    elif not result.get("written"):
+        title = f"State as of {result['as_of']} (nothing written)"
+        facts = {"customers": result["customers"]}
+    else:
+        title = f"Compute run {result['run_id']} ({result['mode']})"
+        keys = ("customers", "recomputed", "stage_moves", "segment_changes", "seconds")
+        facts = {k: result[k] for k in keys}
+    _summary_table(facts, title)
+    _counts_table("stage", result["stages"])
+    if result.get("segments"):
+        _counts_table("segment", result["segments"])
+
+
+def _counts_table(what: str, counts: dict[str, int]) -> None:
+    table = Table(what, "customers")
+    for key, n in counts.items():
+        table.add_row(key, f"{n:,}")
+    out.print(table)
+
+
+@app.command()
+@friendly_errors
+def stages(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Customers per lifecycle stage, in funnel order, and the moves between stages."""
+    result = _lifecycle(db, "stages")
+    if as_json:
+        _print_json(result)
+        return
+    _stages_tables(result)
+
+
+def _stages_tables(result: dict[str, Any]) -> None:
+    table = Table("stage", "label", "customers", "share", title="Lifecycle stages")
+    for row in result["stages"]:
+        table.add_row(row["stage"], row["label"], f"{row['customers']:,}", f"{row['share']:.1%}")
+    out.print(table)
+    if result["moves"]:
+        moves = Table("from", "to", "customers", title="Stage moves (all time)")
+        for move in result["moves"][:25]:
+            moves.add_row(move["from"], move["to"], f"{move['customers']:,}")
+        out.print(moves)
+
+
+@app.command()
+@friendly_errors
+def explain(
+    customer: Annotated[str, typer.Argument(help="Customer id, userId, anonymousId or email.")],
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Explain the state at this date.")
+    ] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Why a customer is in their stage and segments: every rule with the values it read."""
+    result = _lifecycle(db, "explain", customer=customer, as_of=_moment(as_of, "--as-of"))
+    if as_json:
+        _print_json(result)
+        return
+    who = result["customer"]
+    name = who["email"] or who["user_id"] or who["anonymous_id"]
+    if not result["exists"]:
+        out.print(f"customer {who['customer_id']} ({name}) had no activity by {result['as_of']}")
+        return
+    out.print(
+        f"[bold]{name}[/bold] (customer {who['customer_id']}) is in stage "
+        f"[bold]{result['stage']}[/bold] as of {result['as_of'][:19]}",
+        highlight=False,
+    )
+    for rule in result["stage_rules"]:
+        _print_rule(rule["stage"], rule)
+        if rule["matched"]:
+            break
+    out.print("[bold]segments[/bold]")
+    for rule in result["segments"]:
+        _print_rule(rule["segment"], rule)
+
+
+def _print_rule(name: str, rule: dict[str, Any]) -> None:
+    mark = "[green]✓[/green]" if rule["matched"] else "[red]✗[/red]"
+    out.print(f" {mark} {name}: {rule['rule']}", highlight=False)
+    for term in rule["conditions"]:
+        reads = ", ".join(f"{k} = {v}" for k, v in term["reads"].items())
+        value = {True: "true", False: "false", None: "unknown"}.get(term["value"], term["value"])
+        out.print(f"     {term['condition']} → {value}" + (f"  ({reads})" if reads else ""))
+
+
+@segments_app.command("list")
+@friendly_errors
+def segments_list(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Every segment with its rule and current size."""
+    result = _lifecycle(db, "segments_list")
+    if as_json:
+        _print_json(result)
+        return
+    table = Table("segment", "customers", "rule")
+    for row in result:
+        table.add_row(row["key"], f"{row['customers']:,}", row["rule"])
+    out.print(table)
+
+
+@segments_app.command("show")
+@friendly_errors
+def segments_show(
+    key: Annotated[str, typer.Argument(help="The segment key.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A segment's definition, size and most recent members."""
+    result = _lifecycle(db, "segment_show", key=key)
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"[bold]{result['key']}[/bold]: {result['rule']} — {result['size']:,} customers")
+    _sample_table(result["sample"])
+
+
+def _sample_table(sample: list[dict[str, Any]]) -> None:
+    if not sample:
+        return
+    table = Table(*sample[0].keys())
+    for row in sample:
+        table.add_row(*(str(v) if v is not None else "" for v in row.values()))
+    out.print(table)
+
+
+RuleOption = Annotated[str, typer.Option("--rule", help='A rule, e.g. "orders >= 2".')]
+
+
+@segments_app.command("create")
+@friendly_errors
+def segments_create(
+    key: Annotated[str, typer.Argument(help="Key: lowercase letters, digits, '_'.")],
+    rule: RuleOption,
+    label: Annotated[str | None, typer.Option(help="A name for people.")] = None,
+    description: Annotated[str | None, typer.Option(help="What it is for.")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create or change a segment; members are computed at once."""
+    result = _lifecycle(
+        db, "segment_save", key=key, rule=rule, label=label, description=description
+    )
+    if as_json:
+        _print_json(result)
+        return
+    size = result["compute"]["segments"].get(key, 0)
+    out.print(f"{result['summary']} (version {result['version']}): {size:,} customers")
+
+
+@segments_app.command("delete")
+@friendly_errors
+def segments_delete(
+    key: Annotated[str, typer.Argument(help="The segment key.")],
+    db: DbOption = None,
+) -> None:
+    """Delete a segment; its members exit it (recorded)."""
+    result = _lifecycle(db, "segment_delete", key=key)
+    out.print(f"{result['summary']} (version {result['version']})")
+
+
+@segments_app.command("preview")
+@friendly_errors
+def segments_preview(
+    rule: RuleOption,
+    sample: Annotated[int, typer.Option(min=0, max=1000, help="How many to show.")] = 10,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """How many customers a rule selects right now, and a sample — nothing is saved."""
+    result = _lifecycle(db, "segment_preview", rule=rule, sample=sample)
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"{result['customers']:,} of {result['of']:,} customers match: {rule}")
+    _sample_table(result["sample"])
+
+
+@definitions_app.command("export")
+@friendly_errors
+def definitions_export(
+    file: Annotated[
+        Path | None, typer.Argument(help="Write to this YAML file instead of the screen.")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """The definitions in force, as YAML (keep it in git; change it; apply it)."""
+    import yaml
+
+    result = _lifecycle(db, "definitions_export")
+    text = f"# Keepers definitions, version {result['version']}\n" + yaml.safe_dump(
+        result["definitions"], sort_keys=False, allow_unicode=True, width=100
+    )
+    if file is None:
+        sys.stdout.write(text)
+    else:
+        file.write_text(text)
+        out.print(f"wrote version {result['version']} to {file}")
+
+
+@definitions_app.command("apply")
+@friendly_errors
+def definitions_apply(
+    file: Annotated[Path, typer.Argument(help="A YAML (or JSON) definitions file.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check a definitions file, save it as a new version and recompute what it affects."""
+    import yaml
+
+    try:
+        body = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{file}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    result = _lifecycle(db, "definitions_apply", body=body)
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"version {result['version']}: {result['summary']}")
+
+
+@definitions_app.command("history")
+@friendly_errors
+def definitions_history(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Every saved version of the definitions: who, when, what changed."""
+    result = _lifecycle(db, "definitions_history")
+    if as_json:
+        _print_json(result)
+        return
+    table = Table("version", "at", "by", "what")
+    for row in result:
+        table.add_row(str(row["version"]), row["at"][:19], row["actor"], row["summary"])
+    out.print(table)
 
 
 def main() -> None:

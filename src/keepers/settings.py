@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         description="Origins allowed to call the tracking API from a browser.",
     )
     log_level: str = Field("info", description="uvicorn / Keepers log level.")
+    compute_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="How often `keepers serve` brings stages and segments up to date "
+        "(an incremental compute); 0 turns the schedule off.",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -191,7 +191,16 @@ def state_exists(tx: Tx) -> bool:
     return tx.execute(query, [STATE])[0][0] > 0
 
 
-def _temp(tx: Tx, name: str, select: str) -> None:
+def _jsonb(tx: Tx) -> bool:
+    return tx.dialect.name == "postgres"
+
+
+def affected_traits(tx: Tx, plan: Plan, as_of: Any) -> Any:
+    """The traits of the customers listed in `_kp_affected`."""
+    return plan.traits(as_of, only_affected=True, jsonb=_jsonb(tx))
+
+
+def temp_table(tx: Tx, name: str, select: str) -> None:
     tx.execute(f"DROP TABLE IF EXISTS {name}")
     tx.execute(f"CREATE TEMP TABLE {name} AS {select}")
 
@@ -211,18 +220,24 @@ def _refresh_all(
     """Every customer's traits, into a rebuilt state table that keeps stages and segments."""
     if fresh_arrow is not None:
         tx.stage("_kp_staged", fresh_arrow)
-        _temp(tx, "_kp_fresh", "SELECT * FROM _kp_staged")
+        temp_table(tx, "_kp_fresh", "SELECT * FROM _kp_staged")
     else:
-        _temp(tx, "_kp_fresh", render(tx, plan, "traits", plan.traits, as_of))
+        temp_table(
+            tx,
+            "_kp_fresh",
+            render(tx, plan, "traits", lambda t: plan.traits(t, jsonb=_jsonb(tx)), as_of),
+        )
     if not exists:
         columns = ", ".join(
             f"CAST(NULL AS {'TIMESTAMPTZ' if kind == TS else 'TEXT'}) AS {name}"
             for name, kind in STAGE_COLUMNS.items()
         )
         tx.execute(f"CREATE TABLE {STATE} AS SELECT f.*, {columns} FROM _kp_fresh f")
-        _temp(tx, "_kp_removed", f"SELECT customer_id, stage, segments FROM {STATE} WHERE false")
+        temp_table(
+            tx, "_kp_removed", f"SELECT customer_id, stage, segments FROM {STATE} WHERE false"
+        )
     else:
-        _temp(
+        temp_table(
             tx,
             "_kp_removed",
             f"SELECT customer_id, stage, segments FROM {STATE} o WHERE NOT EXISTS "
@@ -259,18 +274,18 @@ def _refresh_affected(tx: Tx, plan: Plan, as_of: datetime, previous: datetime, m
         f"({' UNION ALL '.join(parts)}) AS a",
         params,
     )
-    _temp(
+    temp_table(
         tx,
         "_kp_fresh",
-        render(tx, plan, "affected", lambda t: plan.traits(t, only_affected=True), as_of),
+        render(tx, plan, "affected", lambda t: affected_traits(tx, plan, t), as_of),
     )
     affected = "customer_id IN (SELECT customer_id FROM _kp_affected)"
-    _temp(
+    temp_table(
         tx,
         "_kp_kept",
         f"SELECT customer_id, {', '.join(STAGE_COLUMNS)} FROM {STATE} WHERE {affected}",
     )
-    _temp(
+    temp_table(
         tx,
         "_kp_removed",
         "SELECT customer_id, stage, segments FROM _kp_kept k WHERE NOT EXISTS "
@@ -294,7 +309,7 @@ def _diff(tx: Tx, plan: Plan, as_of: datetime) -> None:
             | ~evaluated.segments.identical_to(evaluated.new_segments)
         ).select("customer_id", "stage", "new_stage", "segments", "new_segments")
 
-    _temp(
+    temp_table(
         tx,
         "_kp_diff",
         f"{render(tx, plan, 'diff', changed, as_of)} UNION ALL SELECT customer_id, stage, "
@@ -350,7 +365,7 @@ def _apply_segments(tx: Tx, plan: Plan, as_of: datetime, run_id: int) -> int:
     }
     keys = sorted(open_keys | set(plan.segment_rules))
     if not keys:
-        _temp(
+        temp_table(
             tx,
             "_kp_seg",
             "SELECT CAST(NULL AS TEXT) AS segment, CAST(NULL AS BIGINT) AS customer_id, "
@@ -366,7 +381,7 @@ def _apply_segments(tx: Tx, plan: Plan, as_of: datetime, run_id: int) -> int:
             f"SELECT {_quote(key)} AS segment, customer_id, {now_in} AS entered "
             f"FROM _kp_diff WHERE ({now_in}) <> ({was_in})"
         )
-    _temp(tx, "_kp_seg", " UNION ALL ".join(selects))
+    temp_table(tx, "_kp_seg", " UNION ALL ".join(selects))
     tx.execute(
         "UPDATE segment_memberships SET exited_at = ?, exited_run = ? "
         "FROM _kp_seg s WHERE segment_memberships.exited_at IS NULL AND NOT s.entered "
@@ -397,3 +412,17 @@ def _write_changes(tx: Tx, as_of: datetime, run_id: int) -> None:
         "ELSE 'segment_exited' END, segment, CAST(NULL AS TEXT) FROM _kp_seg) AS c",
         [base, run_id, as_of],
     )
+
+
+def evaluate_as_of(tx: Tx, plan: Plan, as_of: datetime) -> str:
+    """Everyone's traits, stage and segments as of a moment, into the temp table it names,
+    without touching the stored state (`--as-of`)."""
+
+    def state(at: Any) -> Any:
+        evaluated = plan.evaluate(plan.traits(at, jsonb=_jsonb(tx)), at)
+        return evaluated.select(
+            *plan.state_schema(), stage=evaluated.new_stage, segments=evaluated.new_segments
+        )
+
+    temp_table(tx, "_kp_asof", render(tx, plan, "as_of", state, as_of))
+    return "_kp_asof"

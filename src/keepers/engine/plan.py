@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ibis
+import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 
 from keepers.domain.definitions import BUILTIN_TRAITS, Definitions, TraitDefinition
@@ -38,20 +39,24 @@ from keepers.engine.compile import (
 from keepers.errors import RuleError
 
 TS = "timestamp('UTC')"
-EVENTS = ibis.table(
-    {
-        "customer_id": "int64",
-        "type": "string",
-        "event": "string",
-        "user_id": "string",
-        "anonymous_id": "string",
-        "timestamp": TS,
-        "properties": "json",
-        "traits": "json",
-        "context": "json",
-    },
-    name="events",
-)
+EVENT_COLUMNS = {
+    "customer_id": "int64",
+    "type": "string",
+    "event": "string",
+    "user_id": "string",
+    "anonymous_id": "string",
+    "timestamp": TS,
+}
+JSON_COLUMNS = ("properties", "traits", "context")
+
+
+def events_table(*, jsonb: bool) -> ir.Table:
+    """The event log as Ibis sees it; PostgreSQL stores JSON as jsonb, whose functions
+    differ from json's, so the column type must say which."""
+    json_type = dt.JSON(binary=jsonb)
+    return ibis.table({**EVENT_COLUMNS, **dict.fromkeys(JSON_COLUMNS, json_type)}, name="events")
+
+
 ORDERS = ibis.table(
     {
         "customer_id": "int64",
@@ -336,9 +341,12 @@ class Plan:
 
     # --- traits -------------------------------------------------------------------------------
 
-    def traits(self, as_of: ir.TimestampValue, *, only_affected: bool = False) -> ir.Table:
+    def traits(
+        self, as_of: ir.TimestampValue, *, only_affected: bool = False, jsonb: bool = False
+    ) -> ir.Table:
         customers = CUSTOMERS.filter(CUSTOMERS.merged_into.isnull())
-        events = EVENTS.filter(EVENTS.timestamp <= as_of)
+        log = events_table(jsonb=jsonb)
+        events = log.filter(log.timestamp <= as_of)
         orders = ORDERS.filter(ORDERS.ordered_at <= as_of)
         refunds = REFUNDS.filter(REFUNDS.refunded_at <= as_of)
         if only_affected:
@@ -450,15 +458,14 @@ class Plan:
         return resolve
 
     def _call_resolver(self, t: ir.Table) -> Callable[[Call], ir.Value]:
-        def resolve(call: Call) -> ir.Value:
-            if call.name == "in_segment":
-                return t[_segment_column(str(literal_value(call.args[0])))]
-            column = self.call_columns[_call_key(call)]
-            if call.name == "days_since":
-                return t[column + "_days"]
-            return t[column]
+        return lambda call: t[self.call_column(call)]
 
-        return resolve
+    def call_column(self, call: Call) -> str:
+        """The column (after `evaluate`) holding the value of a rule's function call."""
+        if call.name == "in_segment":
+            return _segment_column(str(literal_value(call.args[0])))
+        column = self.call_columns[_call_key(call)]
+        return column + "_days" if call.name == "days_since" else column
 
     def stage_causes(self) -> dict[str, str]:
         return {key: rule for key, rule, _ in self.stage_rules}

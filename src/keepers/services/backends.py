@@ -22,6 +22,7 @@ class Backend(Protocol):
     def create_write_key(self, name: str) -> dict[str, str]: ...
     def list_write_keys(self) -> list[dict[str, Any]]: ...
     def ingest(self, messages: list[dict[str, Any]], source: str) -> IngestReport: ...
+    def lifecycle(self, operation: str, **params: Any) -> Any: ...
     def close(self) -> None: ...
 
 
@@ -66,6 +67,10 @@ class LocalBackend:
 
     def ingest(self, messages: list[dict[str, Any]], source: str) -> IngestReport:
         return self.keepers.ingest_messages(messages, source)
+
+    def lifecycle(self, operation: str, **params: Any) -> Any:
+        """One `LifecycleService` operation, run here."""
+        return getattr(self.keepers.lifecycle, operation)(**params)
 
     def close(self) -> None:
         self.keepers.close()
@@ -114,8 +119,46 @@ class RemoteBackend:
             rejected=[(r["index"], r["code"], r["message"]) for r in answer["rejected"]],
         )
 
+    def lifecycle(self, operation: str, **params: Any) -> Any:
+        """The same operation through the server's REST API."""
+        method, path, query, body = _route(operation, params)
+        return self._call(method, path, params=query, json=body)
+
     def close(self) -> None:
         self._http.close()
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _route(operation: str, p: dict[str, Any]) -> tuple[str, str, dict | None, dict | None]:
+    """(method, path, query, body) of a lifecycle operation in the REST API."""
+    from urllib.parse import quote
+
+    if operation == "compute":
+        body = {k: _iso(v) for k, v in p.items() if v is not None}
+        return "POST", "/api/compute", None, body
+    if operation == "explain":
+        query = {"as_of": _iso(p["as_of"])} if p.get("as_of") else None
+        return "GET", f"/api/customers/{quote(p['customer'], safe='')}/explain", query, None
+    if operation == "segment_save":
+        body = {k: p.get(k) for k in ("rule", "label", "description")}
+        return "PUT", f"/api/segments/{quote(p['key'], safe='')}", None, body
+    if operation == "segment_preview":
+        return "POST", "/api/segments/preview", None, {"rule": p["rule"], "sample": p["sample"]}
+    if operation in ("segment_show", "segment_delete"):
+        verb = "GET" if operation == "segment_show" else "DELETE"
+        return verb, f"/api/segments/{quote(p['key'], safe='')}", None, None
+    if operation == "definitions_apply":
+        return "PUT", "/api/definitions", None, {"definitions": p["body"]}
+    fixed = {
+        "stages": "/api/stages",
+        "segments_list": "/api/segments",
+        "definitions_export": "/api/definitions",
+        "definitions_history": "/api/definitions/history",
+    }
+    return "GET", fixed[operation], None, None
 
 
 def open_backend(settings: Settings) -> Backend:

@@ -33,15 +33,31 @@ def load_demo(
         loaded = keepers.count_events_from(DEMO_SOURCE) > 0
         if not loaded:
             _generate_into(keepers, customers, seed, progress)
+        lifecycle = _compute_lifecycle(keepers, rebuild_history=not loaded)
         summary = keepers.status()
         summary["demo_seconds"] = round(time.perf_counter() - started, 1)
         summary["demo_loaded_earlier"] = loaded
+        summary["lifecycle"] = lifecycle
         names = {key.name for key in keepers.list_write_keys()}
         write_key = None if "demo" in names else keepers.create_write_key("demo")[1]
     except BaseException:
         keepers.close()
         raise
     return keepers, summary, write_key
+
+
+def _compute_lifecycle(keepers: Keepers, *, rebuild_history: bool) -> dict[str, Any]:
+    """Stages with a history: a weekly backfill over the demo's two years when it was just
+    generated (funnels and time-in-stage work at once), else one incremental run."""
+    service = keepers.lifecycle
+    if rebuild_history:
+        with keepers.db.transaction() as tx:
+            first = tx.execute("SELECT min(timestamp) FROM events")[0][0]
+        if first is not None:
+            since = first.replace(hour=0, minute=0, second=0, microsecond=0)
+            service.compute(backfill_since=since, every="week")
+    service.compute()
+    return service.stages()
 
 
 def _remove_demo_database(settings: Settings) -> None:

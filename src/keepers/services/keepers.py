@@ -181,6 +181,10 @@ class Keepers:
             self.db, as_of=as_of or self.clock(), full=full, emit_changes=emit_changes
         )
 
+    @property
+    def lifecycle(self) -> lifecycle.LifecycleService:
+        return lifecycle.LifecycleService(self.db, self.clock)
+
     # --- reads ----------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:

@@ -68,6 +68,8 @@ class Tx(Protocol):
 
     def stage(self, name: str, table: pa.Table) -> None: ...
 
+    def fetch_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table: ...
+
 
 class Database(Protocol):
     """An opened store: transactions, and what it is."""
@@ -100,6 +102,9 @@ class _DuckTx:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         # Always fetch: an unfetched DuckDB result leaves the connection busy.
         return self._con.execute(sql, list(params)).fetchall()
+
+    def fetch_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        return self._con.execute(sql, list(params)).to_arrow_table()
 
     def stage(self, name: str, table: pa.Table) -> None:
         self._con.register(name, table)
@@ -202,6 +207,16 @@ class _PgTx:
             else:
                 cur.execute(sql)
             return cur.fetchall() if cur.description else []
+
+    def fetch_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        with self._con.cursor() as cur:
+            if params:
+                cur.execute(sql.replace("%", "%%").replace("?", "%s"), list(params))
+            else:
+                cur.execute(sql)
+            names = [column.name for column in cur.description]
+            rows = cur.fetchall()
+        return pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})
 
     def stage(self, name: str, table: pa.Table) -> None:
         """Copy an Arrow table into a temp table (created once per connection, emptied at

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header
@@ -53,7 +54,9 @@ class IngestAnswer(BaseModel):
     rejected: list[dict[str, Any]]
 
 
-def api_router(keepers: Keepers, admin_token: str) -> APIRouter:
+def admin_guard(admin_token: str) -> Callable[..., None]:
+    """A dependency that lets only holders of the admin bearer token through."""
+
     def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -61,11 +64,15 @@ def api_router(keepers: Keepers, admin_token: str) -> APIRouter:
         ):
             raise Unauthorized("the management API needs 'Authorization: Bearer <admin token>'")
 
+    return require_admin
+
+
+def api_router(keepers: Keepers, admin_token: str) -> APIRouter:
     router = APIRouter(
         prefix="/api",
         tags=["management"],
         responses=RESPONSES,
-        dependencies=[Depends(require_admin)],
+        dependencies=[Depends(admin_guard(admin_token))],
     )
 
     @router.get("/status")

@@ -12,8 +12,10 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from keepers import __version__
 from keepers.services.keepers import Keepers
+from keepers.services.scheduler import ComputeScheduler
 from keepers.settings import Settings
 from keepers.web.api import api_router
+from keepers.web.lifecycle_api import lifecycle_router
 from keepers.web.responses import install_error_handlers
 from keepers.web.tracking import tracking_router
 
@@ -32,7 +34,10 @@ def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keepers.start_writer()
+        scheduler = ComputeScheduler(keepers, settings.compute_interval_s).start()
+        app.state.scheduler = scheduler
         yield
+        scheduler.stop()
         if owned:
             keepers.close()
 
@@ -55,6 +60,7 @@ def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(tracking_router(keepers))
     app.include_router(api_router(keepers, admin_token))
+    app.include_router(lifecycle_router(keepers, admin_token))
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, Any]:

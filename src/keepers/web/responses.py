@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from keepers.errors import KeepersError, Overloaded, StoreUnavailable
+from keepers.errors import KeepersError, Overloaded, RuleError, StoreUnavailable
 
 log = logging.getLogger("keepers.web")
 
@@ -26,10 +26,15 @@ class JSONBytes(Response):
 
 
 def error_response(
-    status: int, code: str, message: str, retry_after: int | None = None
+    status: int,
+    code: str,
+    message: str,
+    retry_after: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONBytes({"code": code, "message": message}, status_code=status, headers=headers)
+    body = {"code": code, "message": message, **(extra or {})}
+    return JSONBytes(body, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -37,7 +42,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def keepers_error(request: Request, exc: KeepersError) -> Response:
         retry = exc.retry_after_s if isinstance(exc, Overloaded | StoreUnavailable) else None
         status = exc.http_status if exc.http_status != 500 else 400
-        return error_response(status, exc.code, exc.message, retry)
+        extra = None
+        if isinstance(exc, RuleError):  # where in the rule, so an editor can underline it
+            extra = {
+                "position": exc.position,
+                "length": exc.length,
+                "suggestion": exc.suggestion,
+                "rule": exc.source,
+            }
+        return error_response(status, exc.code, exc.message, retry, extra)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

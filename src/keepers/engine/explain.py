@@ -1,0 +1,102 @@
+"""Why a customer is where they are: every stage rule in order and every segment, with the
+value of each condition and of the traits it reads — computed by the same compiled rules
+as the set-based run, over a one-customer table, so the explanation cannot drift from it."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import ibis
+
+from keepers.domain.rules import Call, Field, Node, source_of, walk
+from keepers.engine.compile import explain_terms
+from keepers.engine.compute import STATE, affected_traits, render, temp_table
+from keepers.engine.plan import DAYS_SINCE, Plan
+from keepers.store.database import Tx
+
+
+def explain_customer(tx: Tx, plan: Plan, customer_id: int, as_of: datetime) -> dict[str, Any]:
+    """Traits, stage rules and segments of one customer as of a moment."""
+    temp_table(tx, "_kp_affected", f"SELECT CAST({int(customer_id)} AS BIGINT) AS customer_id")
+    traits_sql = render(tx, plan, "affected", lambda t: affected_traits(tx, plan, t), as_of)
+    temp_table(tx, "_kp_one", traits_sql)
+    one = ibis.table(plan.state_schema(), name="_kp_one")
+    t = plan.evaluate(one, ibis.literal(as_of))
+    columns: dict[str, Any] = {}
+    rules = [(f"stage:{key}", rule, node) for key, rule, node in plan.stage_rules]
+    rules += [(f"segment:{key}", rule, node) for key, (rule, node) in plan.segment_rules.items()]
+    for index, (_, _, node) in enumerate(rules):
+        columns[f"_rule_{index}"] = plan.value(t, node)
+        for term_index, term in enumerate(explain_terms(node)):
+            columns[f"_term_{index}_{term_index}"] = plan.value(t, term)
+    t = t.mutate(**columns)
+    rows = tx.execute(ibis.to_sql(t, dialect=tx.dialect.name))
+    tx.execute("DROP TABLE IF EXISTS _kp_one")
+    tx.execute("DROP TABLE IF EXISTS _kp_affected")
+    if not rows:
+        return {"exists": False, "as_of": as_of.isoformat()}
+    row = dict(zip(t.columns, rows[0], strict=True))
+    return {
+        "exists": True,
+        "as_of": as_of.isoformat(),
+        "traits": _traits(plan, row),
+        "stage": row["new_stage"],
+        "stage_rules": [
+            _rule(plan, row, index, key.split(":", 1)[1], rule, node, "stage")
+            for index, (key, rule, node) in enumerate(rules)
+            if key.startswith("stage:")
+        ],
+        "segments": [
+            _rule(plan, row, index, key.split(":", 1)[1], rule, node, "segment")
+            for index, (key, rule, node) in enumerate(rules)
+            if key.startswith("segment:")
+        ],
+    }
+
+
+def _traits(plan: Plan, row: dict[str, Any]) -> dict[str, Any]:
+    names = [c for c in plan.state_schema() if not c.startswith("_") and c != "customer_id"]
+    names += list(DAYS_SINCE)
+    traits = {name: _plain(row.get(name)) for name in names}
+    for name, column in plan.profile_traits.items():
+        traits[name] = _plain(row.get(column))
+    return traits
+
+
+def _rule(
+    plan: Plan, row: dict[str, Any], index: int, key: str, rule: str, node: Node, kind: str
+) -> dict[str, Any]:
+    terms = [
+        {
+            "condition": source_of(term, rule),
+            "value": _plain(row[f"_term_{index}_{term_index}"]),
+            "reads": _reads(plan, row, term, rule),
+        }
+        for term_index, term in enumerate(explain_terms(node))
+    ]
+    return {kind: key, "rule": rule, "matched": bool(row[f"_rule_{index}"]), "conditions": terms}
+
+
+def _reads(plan: Plan, row: dict[str, Any], term: Node, rule: str) -> dict[str, Any]:
+    """The values a condition read: its fields and aggregate calls."""
+    values: dict[str, Any] = {}
+    for node in walk(term):
+        if isinstance(node, Field):
+            column = plan.profile_traits.get(node.name, node.name)
+            values[node.name] = _plain(row.get("new_stage" if node.name == "stage" else column))
+        elif isinstance(node, Call):
+            values[source_of(node, rule)] = _plain(row.get(plan.call_column(node)))
+    return values
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+__all__ = ["STATE", "explain_customer"]
