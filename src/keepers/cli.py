@@ -537,6 +537,12 @@ def compute(
     every: Annotated[
         str, typer.Option("--every", help="Backfill step: day, week or month.")
     ] = "week",
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine", help="database (DuckDB/PostgreSQL itself) or spark (KEEPERS_SPARK_MASTER)."
+        ),
+    ] = "database",
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -546,6 +552,8 @@ def compute(
     if since is not None and not backfill:
         raise InvalidInput("--since only applies with --backfill")
     params: dict[str, Any] = {"full": full, "as_of": _moment(as_of, "--as-of")}
+    if engine != "database":
+        params["engine"] = engine
     if backfill:
         params.update(backfill_since=_moment(since, "--since"), every=every)
     result = _lifecycle(db, "compute", **params)

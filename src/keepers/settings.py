@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         description="Origins allowed to call the tracking API from a browser.",
     )
     log_level: str = Field("info", description="uvicorn / Keepers log level.")
+    spark_master: str = Field(
+        "local[2]",
+        description="Spark master for `keepers compute --engine spark` (e.g. spark://host:7077).",
+    )
     compute_interval_s: float = Field(
         60.0,
         ge=0,

@@ -169,7 +169,7 @@ def _state(keepers: Keepers, traits: list[str]) -> dict[str, dict[str, Any]]:
     return state
 
 
-def run_golden(settings: Settings) -> Observed:
+def run_golden(settings: Settings, engine: str = "database") -> Observed:
     data = golden()
     held = {message_id: run.id for run in data.runs for message_id in run.deliver}
     traits = sorted(
@@ -188,7 +188,7 @@ def run_golden(settings: Settings) -> Observed:
         _use_definitions(keepers, data.extra_segments)
         for run in data.runs:
             _ingest(keepers, [m for m in data.messages if held.get(m["messageId"]) == run.id])
-            report = keepers.compute(as_of=run.as_of)
+            report = keepers.compute(as_of=run.as_of, engine=engine)
             observed.run_numbers[run.id] = report.run_id
             observed.states[run.id] = _state(keepers, traits)
         with keepers.db.transaction() as tx:
@@ -363,12 +363,21 @@ def test_golden_dataset_is_consistent() -> None:
     assert len(data.runs) >= 3
 
 
-@BACKENDS
-def test_golden_lifecycle(settings: Settings) -> None:
+@pytest.mark.parametrize(
+    ("database_url", "engine"),
+    [
+        ("duckdb", "database"),
+        ("postgres", "database"),
+        pytest.param("duckdb", "spark", marks=pytest.mark.spark),
+    ],
+    indirect=["database_url"],
+)
+def test_golden_lifecycle(settings: Settings, engine: str) -> None:
     """Stage, segments and traits of every customer after every run; then the full stage
-    history and the segment stays."""
+    history and the segment stays. The same definitions computed by the store itself
+    (DuckDB, PostgreSQL) and by Spark in local mode must give the same answers."""
     data = golden()
-    observed = run_golden(settings)
+    observed = run_golden(settings, engine)
     checks = Checks()
     for run in data.runs:
         _check_run(checks, data, observed, run)

@@ -58,6 +58,7 @@ class ComputeReport:
     stage_moves: int
     segment_changes: int
     seconds: float
+    engine: str = ""
     stages: dict[str, int] = field(default_factory=dict)
     segments: dict[str, int] = field(default_factory=dict)
 
@@ -113,9 +114,10 @@ def run_compute(
     definitions_version: int,
     full: bool = False,
     emit_changes: bool = True,
-    fresh_arrow: pa.Table | None = None,
+    evaluated: pa.Table | None = None,
 ) -> ComputeReport:
-    """One run at `as_of`. `fresh_arrow` carries traits computed elsewhere (Spark)."""
+    """One run at `as_of`. `evaluated` carries traits, stage and segments of every customer
+    computed elsewhere (Spark); the store then only applies the difference."""
     started = time.perf_counter()
     if tx.dialect.name == "postgres":
         tx.execute("SELECT pg_advisory_xact_lock(?)", [COMPUTE_LOCK])
@@ -124,7 +126,7 @@ def run_compute(
     signature = plan.signature()
     full = (
         full
-        or fresh_arrow is not None
+        or evaluated is not None
         or last is None
         or not exists
         or last["signature"] != signature
@@ -132,10 +134,10 @@ def run_compute(
     )
     max_seq = tx.execute("SELECT COALESCE(MAX(seq), 0) FROM dirty_customers")[0][0]
     if full:
-        recomputed = _refresh_all(tx, plan, as_of, exists, fresh_arrow)
+        recomputed = _refresh_all(tx, plan, as_of, exists, evaluated)
     else:
         recomputed = _refresh_affected(tx, plan, as_of, last["as_of"], max_seq)
-    _diff(tx, plan, as_of)
+    _diff(tx, plan, as_of, outside=evaluated is not None)
     run_id = (last["run_id"] if last else 0) + 1
     moves, segment_changes = _apply(tx, plan, as_of, run_id, emit_changes)
     tx.execute("DELETE FROM dirty_customers WHERE seq <= ?", [max_seq])
@@ -215,12 +217,13 @@ def _kept_columns() -> str:
 
 
 def _refresh_all(
-    tx: Tx, plan: Plan, as_of: datetime, exists: bool, fresh_arrow: pa.Table | None
+    tx: Tx, plan: Plan, as_of: datetime, exists: bool, evaluated: pa.Table | None
 ) -> int:
     """Every customer's traits, into a rebuilt state table that keeps stages and segments."""
-    if fresh_arrow is not None:
-        tx.stage("_kp_staged", fresh_arrow)
-        temp_table(tx, "_kp_fresh", "SELECT * FROM _kp_staged")
+    if evaluated is not None:
+        tx.stage("_kp_staged", evaluated)
+        columns = ", ".join(plan.state_schema())
+        temp_table(tx, "_kp_fresh", f"SELECT {columns} FROM _kp_staged")
     else:
         temp_table(
             tx,
@@ -299,8 +302,22 @@ def _refresh_affected(tx: Tx, plan: Plan, as_of: datetime, previous: datetime, m
     return tx.execute("SELECT count(*) FROM _kp_fresh")[0][0]
 
 
-def _diff(tx: Tx, plan: Plan, as_of: datetime) -> None:
-    """Customers whose stage or segment list changes in this run (or who are gone)."""
+def _diff(tx: Tx, plan: Plan, as_of: datetime, *, outside: bool = False) -> None:
+    """Customers whose stage or segment list changes in this run (or who are gone).
+    `outside`: the new stage and segments were evaluated elsewhere and staged."""
+    removed = (
+        f"SELECT customer_id, stage, CAST(NULL AS TEXT), segments, '{SEGMENT_ALL}' FROM _kp_removed"
+    )
+    if outside:
+        temp_table(
+            tx,
+            "_kp_diff",
+            f"SELECT o.customer_id, o.stage, s.new_stage, o.segments, s.new_segments "
+            f"FROM {STATE} o JOIN _kp_staged s ON s.customer_id = o.customer_id "
+            "WHERE o.stage IS DISTINCT FROM s.new_stage "
+            f"OR o.segments IS DISTINCT FROM s.new_segments UNION ALL {removed}",
+        )
+        return
 
     def changed(at: Any) -> Any:
         evaluated = plan.evaluate(state_table(plan), at)

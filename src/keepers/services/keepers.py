@@ -174,16 +174,26 @@ class Keepers:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def compute(
-        self, *, full: bool = False, as_of: datetime | None = None, emit_changes: bool = True
+        self,
+        *,
+        full: bool = False,
+        as_of: datetime | None = None,
+        emit_changes: bool = True,
+        engine: str = "database",
     ) -> ComputeReport:
         """Bring traits, stages and segments up to date (incrementally unless `full`)."""
         return lifecycle.compute(
-            self.db, as_of=as_of or self.clock(), full=full, emit_changes=emit_changes
+            self.db,
+            as_of=as_of or self.clock(),
+            full=full,
+            emit_changes=emit_changes,
+            engine=engine,
+            spark_master=self.settings.spark_master,
         )
 
     @property
     def lifecycle(self) -> lifecycle.LifecycleService:
-        return lifecycle.LifecycleService(self.db, self.clock)
+        return lifecycle.LifecycleService(self.db, self.clock, self.settings.spark_master)
 
     # --- reads ----------------------------------------------------------------------------------
 

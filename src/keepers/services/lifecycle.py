@@ -69,13 +69,30 @@ def compute_transaction(db: Database) -> Iterator[Tx]:
         yield tx
 
 
+ENGINES = ("database", "spark")
+
+
 def compute(
-    db: Database, *, as_of: datetime, full: bool = False, emit_changes: bool = True
+    db: Database,
+    *,
+    as_of: datetime,
+    full: bool = False,
+    emit_changes: bool = True,
+    engine: str = "database",
+    spark_master: str = "local[2]",
 ) -> ComputeReport:
-    """One compute run at `as_of`, with stage counts and segment sizes in the report."""
+    """One compute run at `as_of`, with stage counts and segment sizes in the report.
+    `engine="spark"` has Spark compute traits and rules; the store applies the result."""
+    if engine not in ENGINES:
+        raise InvalidInput(f"engine: expected one of {', '.join(ENGINES)}, got '{engine}'")
     with compute_transaction(db) as tx:
         current = load_definitions(tx)
         plan = Plan.build(current.definitions)
+        evaluated = None
+        if engine == "spark":
+            from keepers.engine.spark import evaluate_on_spark
+
+            evaluated = evaluate_on_spark(tx, plan, as_of, spark_master)
         report = run_compute(
             tx,
             plan,
@@ -83,7 +100,9 @@ def compute(
             definitions_version=current.version,
             full=full,
             emit_changes=emit_changes,
+            evaluated=evaluated,
         )
+        report.engine = "spark" if engine == "spark" else tx.dialect.name
         report.stages = stage_counts(tx, current.definitions)
         report.segments = segment_sizes(tx, current.definitions)
     return report
@@ -360,9 +379,12 @@ class LifecycleService:
     """The lifecycle operations with plain-data answers: what the CLI prints with `--json`,
     what the REST API returns, and what a remote CLI receives from the server."""
 
-    def __init__(self, db: Database, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, db: Database, clock: Callable[[], datetime], spark_master: str = "local[2]"
+    ) -> None:
         self.db = db
         self.clock = clock
+        self.spark_master = spark_master
 
     def compute(
         self,
@@ -370,12 +392,19 @@ class LifecycleService:
         as_of: datetime | None = None,
         backfill_since: datetime | None = None,
         every: str = "week",
+        engine: str = "database",
     ) -> dict[str, Any]:
         if backfill_since is not None:
             return backfill(self.db, since=backfill_since, until=as_of or self.clock(), every=every)
         if as_of is not None:
             return as_of_summary(self.db, as_of=as_of)
-        report = compute(self.db, as_of=self.clock(), full=full).to_dict()
+        report = compute(
+            self.db,
+            as_of=self.clock(),
+            full=full,
+            engine=engine,
+            spark_master=self.spark_master,
+        ).to_dict()
         report["written"] = True
         return report
 

@@ -27,6 +27,7 @@ class ComputeRequest(BaseModel):
         None, description="Rebuild stage history from this moment up to `as_of` or now."
     )
     every: str = Field("week", pattern="^(day|week|month)$")
+    engine: str = Field("database", pattern="^(database|spark)$")
 
 
 class SegmentBody(BaseModel):
@@ -57,7 +58,7 @@ def lifecycle_router(keepers: Keepers, admin_token: str) -> APIRouter:
     async def compute(body: ComputeRequest) -> dict[str, Any]:
         """Run the engine now (incremental unless `full`), report a past state, or backfill."""
         return await asyncio.to_thread(
-            service.compute, body.full, body.as_of, body.backfill_since, body.every
+            service.compute, body.full, body.as_of, body.backfill_since, body.every, body.engine
         )
 
     @router.get("/stages")
