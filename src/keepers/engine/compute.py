@@ -30,7 +30,7 @@ from typing import Any
 import ibis
 import pyarrow as pa
 
-from keepers.engine.plan import SEGMENT_ALL, TS, Plan
+from keepers.engine.plan import AFFECTED, SEGMENT_ALL, TS, Plan
 from keepers.store.database import Tx
 
 COMPUTE_LOCK = 720_402  # PostgreSQL advisory lock serialising compute runs
@@ -75,25 +75,41 @@ def process_lock(url: str) -> threading.Lock:
 
 
 SENTINEL = datetime(2999, 12, 30, 23, 58, 57, 654321, tzinfo=UTC)
-_TOKEN = "\x00as_of\x00"
+SENTINEL_PREVIOUS = datetime(2999, 11, 29, 22, 57, 56, 543210, tzinfo=UTC)
 _TEMPLATES: dict[tuple[str, ...], str] = {}
 
 
-def render(tx: Tx, plan: Plan, name: str, build: Callable[[Any], Any], as_of: datetime) -> str:
-    """The SQL of `build(as_of)` for this dialect. Ibis compiles a plan's queries in about
-    0.3 s each — longer than DuckDB runs them — so each is compiled once per process, with
-    a sentinel time that is then swapped for the real one."""
+def render(
+    tx: Tx,
+    plan: Plan,
+    name: str,
+    build: Callable[..., Any],
+    as_of: datetime,
+    previous: datetime | None = None,
+) -> str:
+    """The SQL of `build(as_of)` (or `build(as_of, previous)`) for this dialect. Ibis
+    compiles a plan's queries in about 0.3 s each — longer than DuckDB runs them — so each
+    is compiled once per process, with sentinel times that are then swapped for real ones."""
+    moments = [as_of] if previous is None else [as_of, previous]
+    sentinels = [SENTINEL, SENTINEL_PREVIOUS][: len(moments)]
     key = (plan.fingerprint(), tx.dialect.name, name)
     template = _TEMPLATES.get(key)
     if template is None:
-        compiled = ibis.to_sql(build(ibis.literal(SENTINEL)), dialect=tx.dialect.name)
-        marker = timestamp_sql(SENTINEL, tx.dialect.name)
-        template = compiled.replace(marker, _TOKEN)
-        if marker in compiled and _TOKEN in template and str(SENTINEL.year) not in template:
-            _TEMPLATES[key] = template
-        else:  # never expected; compile per run rather than risk a wrong time
-            return ibis.to_sql(build(ibis.literal(as_of)), dialect=tx.dialect.name)
-    return template.replace(_TOKEN, f"CAST('{as_of.isoformat()}' AS TIMESTAMPTZ)")
+        compiled = ibis.to_sql(build(*map(ibis.literal, sentinels)), dialect=tx.dialect.name)
+        template = compiled
+        for index, sentinel in enumerate(sentinels):
+            template = template.replace(timestamp_sql(sentinel, tx.dialect.name), _token(index))
+        if "2999" in template or any(_token(i) not in template for i in range(len(moments))):
+            # never expected; compile per run rather than risk a wrong time
+            return ibis.to_sql(build(*map(ibis.literal, moments)), dialect=tx.dialect.name)
+        _TEMPLATES[key] = template
+    for index, moment in enumerate(moments):
+        template = template.replace(_token(index), f"CAST('{moment.isoformat()}' AS TIMESTAMPTZ)")
+    return template
+
+
+def _token(index: int) -> str:
+    return f"\x00moment{index}\x00"
 
 
 def timestamp_sql(moment: datetime, dialect: str) -> str:
@@ -137,7 +153,9 @@ def run_compute(
         recomputed = _refresh_all(tx, plan, as_of, exists, evaluated)
     else:
         recomputed = _refresh_affected(tx, plan, as_of, last["as_of"], max_seq)
-    _diff(tx, plan, as_of, outside=evaluated is not None)
+    same_rules = last is not None and last["definitions_version"] == definitions_version
+    since = last["as_of"] if not full and same_rules else None
+    _diff(tx, plan, as_of, outside=evaluated is not None, since=since)
     run_id = (last["run_id"] if last else 0) + 1
     moves, segment_changes = _apply(tx, plan, as_of, run_id, emit_changes)
     tx.execute("DELETE FROM dirty_customers WHERE seq <= ?", [max_seq])
@@ -175,12 +193,18 @@ def run_compute(
 
 def _last_run(tx: Tx) -> dict[str, Any] | None:
     rows = tx.execute(
-        "SELECT run_id, as_of, signature FROM compute_runs ORDER BY run_id DESC LIMIT 1"
+        "SELECT run_id, as_of, signature, definitions_version FROM compute_runs "
+        "ORDER BY run_id DESC LIMIT 1"
     )
     if not rows:
         return None
-    run_id, as_of, signature = rows[0]
-    return {"run_id": run_id, "as_of": as_of, "signature": signature}
+    run_id, as_of, signature, version = rows[0]
+    return {
+        "run_id": run_id,
+        "as_of": as_of,
+        "signature": signature,
+        "definitions_version": version,
+    }
 
 
 def state_exists(tx: Tx) -> bool:
@@ -219,43 +243,40 @@ def _kept_columns() -> str:
 def _refresh_all(
     tx: Tx, plan: Plan, as_of: datetime, exists: bool, evaluated: pa.Table | None
 ) -> int:
-    """Every customer's traits, into a rebuilt state table that keeps stages and segments."""
+    """Every customer's traits, into a rebuilt state table that keeps stages and segments
+    (one statement: the traits query feeds the new table directly)."""
     if evaluated is not None:
         tx.stage("_kp_staged", evaluated)
-        columns = ", ".join(plan.state_schema())
-        temp_table(tx, "_kp_fresh", f"SELECT {columns} FROM _kp_staged")
+        source = f"(SELECT {', '.join(plan.state_schema())} FROM _kp_staged)"
     else:
-        temp_table(
-            tx,
-            "_kp_fresh",
-            render(tx, plan, "traits", lambda t: plan.traits(t, jsonb=_jsonb(tx)), as_of),
-        )
+        traits = render(tx, plan, "traits", lambda t: plan.traits(t, jsonb=_jsonb(tx)), as_of)
+        source = f"({traits})"
     if not exists:
         columns = ", ".join(
             f"CAST(NULL AS {'TIMESTAMPTZ' if kind == TS else 'TEXT'}) AS {name}"
             for name, kind in STAGE_COLUMNS.items()
         )
-        tx.execute(f"CREATE TABLE {STATE} AS SELECT f.*, {columns} FROM _kp_fresh f")
+        tx.execute(f"CREATE TABLE {STATE} AS SELECT f.*, {columns} FROM {source} AS f")
         temp_table(
             tx, "_kp_removed", f"SELECT customer_id, stage, segments FROM {STATE} WHERE false"
         )
     else:
+        tx.execute(f"DROP TABLE IF EXISTS {STATE}_next")
+        tx.execute(
+            f"CREATE TABLE {STATE}_next AS SELECT f.*, {_kept_columns()} "
+            f"FROM {source} AS f LEFT JOIN {STATE} o ON o.customer_id = f.customer_id"
+        )
         temp_table(
             tx,
             "_kp_removed",
             f"SELECT customer_id, stage, segments FROM {STATE} o WHERE NOT EXISTS "
-            "(SELECT 1 FROM _kp_fresh f WHERE f.customer_id = o.customer_id)",
-        )
-        tx.execute(f"DROP TABLE IF EXISTS {STATE}_next")
-        tx.execute(
-            f"CREATE TABLE {STATE}_next AS SELECT f.*, {_kept_columns()} "
-            f"FROM _kp_fresh f LEFT JOIN {STATE} o ON o.customer_id = f.customer_id"
+            f"(SELECT 1 FROM {STATE}_next f WHERE f.customer_id = o.customer_id)",
         )
         tx.execute(f"DROP TABLE {STATE}")
         tx.execute(f"ALTER TABLE {STATE}_next RENAME TO {STATE}")
     if tx.dialect.name == "postgres":
         tx.execute(f"CREATE UNIQUE INDEX {STATE}_customer ON {STATE} (customer_id)")
-    return tx.execute("SELECT count(*) FROM _kp_fresh")[0][0]
+    return tx.execute(f"SELECT count(*) FROM {STATE}")[0][0]
 
 
 def _refresh_affected(tx: Tx, plan: Plan, as_of: datetime, previous: datetime, max_seq: int) -> int:
@@ -302,9 +323,14 @@ def _refresh_affected(tx: Tx, plan: Plan, as_of: datetime, previous: datetime, m
     return tx.execute("SELECT count(*) FROM _kp_fresh")[0][0]
 
 
-def _diff(tx: Tx, plan: Plan, as_of: datetime, *, outside: bool = False) -> None:
+def _diff(
+    tx: Tx, plan: Plan, as_of: datetime, *, outside: bool = False, since: datetime | None = None
+) -> None:
     """Customers whose stage or segment list changes in this run (or who are gone).
-    `outside`: the new stage and segments were evaluated elsewhere and staged."""
+    `outside`: the new stage and segments were evaluated elsewhere and staged.
+    `since`: the previous run's as-of, when the rules have not changed since — then only
+    the recomputed customers and those for whom a "days since" value has ticked over can
+    change, and only they are evaluated (exact, and a small fraction of everyone)."""
     removed = (
         f"SELECT customer_id, stage, CAST(NULL AS TEXT), segments, '{SEGMENT_ALL}' FROM _kp_removed"
     )
@@ -319,18 +345,21 @@ def _diff(tx: Tx, plan: Plan, as_of: datetime, *, outside: bool = False) -> None
         )
         return
 
-    def changed(at: Any) -> Any:
-        evaluated = plan.evaluate(state_table(plan), at)
+    def changed(at: Any, previous: Any = None) -> Any:
+        state = state_table(plan)
+        if previous is not None:
+            state = state.filter(
+                state.customer_id.isin(AFFECTED.customer_id) | plan.days_ticked(state, at, previous)
+            )
+        evaluated = plan.evaluate(state, at)
         return evaluated.filter(
             ~evaluated.stage.identical_to(evaluated.new_stage)
             | ~evaluated.segments.identical_to(evaluated.new_segments)
         ).select("customer_id", "stage", "new_stage", "segments", "new_segments")
 
+    name = "diff" if since is None else "diff_since"
     temp_table(
-        tx,
-        "_kp_diff",
-        f"{render(tx, plan, 'diff', changed, as_of)} UNION ALL SELECT customer_id, stage, "
-        f"CAST(NULL AS TEXT), segments, '{SEGMENT_ALL}' FROM _kp_removed",
+        tx, "_kp_diff", f"{render(tx, plan, name, changed, as_of, since)} UNION ALL {removed}"
     )
 
 

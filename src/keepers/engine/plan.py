@@ -337,7 +337,15 @@ class Plan:
             columns.setdefault(aggregate.column, aggregate.ibis_type)
         for column in self.profile_traits.values():
             columns[column] = "string"
+        for column in self._dated_columns():
+            columns[_epoch_column(column)] = "float64"
         return columns
+
+    def _dated_columns(self) -> list[str]:
+        """Timestamps that rules read as "days since": kept in epoch seconds too, so a rule
+        evaluation over every customer is plain arithmetic."""
+        calls = [c for key, c in self.call_columns.items() if key[0] == "days_since"]
+        return [*DAYS_SINCE.values(), *calls]
 
     # --- traits -------------------------------------------------------------------------------
 
@@ -408,6 +416,7 @@ class Plan:
             average_order_value=t.revenue / t.orders.nullif(0),
             net_revenue=t.revenue - t.refunded_amount,
             previous_order_gap_days=_whole_days(t.last_order_at, t.previous_order_at),
+            **{_epoch_column(c): t[c].epoch_seconds() for c in self._dated_columns()},
         )
         return t.select(*[t[c].cast(kind).name(c) for c, kind in schema.items()])
 
@@ -417,14 +426,11 @@ class Plan:
         """`state` plus `new_stage` and `new_segments` (",a,b," in key order)."""
         epoch = as_of.epoch_seconds()
         derived = {
-            name: ((epoch - state[column].epoch_seconds()) / 86400).floor().cast("int64")
-            for name, column in DAYS_SINCE.items()
+            name: _days(epoch, state[_epoch_column(column)]) for name, column in DAYS_SINCE.items()
         }
         for key, column in self.call_columns.items():
             if key[0] == "days_since":
-                derived[column + "_days"] = (
-                    ((epoch - state[column].epoch_seconds()) / 86400).floor().cast("int64")
-                )
+                derived[column + "_days"] = _days(epoch, state[_epoch_column(column)])
         t = state.mutate(**derived)
         for name in self.order:
             if name == "stage":
@@ -436,6 +442,17 @@ class Plan:
         for key in sorted(self.segment_rules):
             segments = segments + t[_segment_column(key)].ifelse(f"{key},", "")
         return t.mutate(new_segments=segments)
+
+    def days_ticked(
+        self, state: ir.Table, at: ir.TimestampValue, previous: ir.TimestampValue
+    ) -> ir.BooleanValue:
+        """Whether any "days since" value of a customer differs between two moments."""
+        now, then = at.epoch_seconds(), previous.epoch_seconds()
+        ticked = ibis.literal(False)
+        for column in self._dated_columns():
+            epoch = state[_epoch_column(column)]
+            ticked = ticked | (_days(now, epoch) != _days(then, epoch)).fill_null(False)
+        return ticked
 
     def _stage_expr(self, t: ir.Table) -> ir.StringValue:
         cases = [(self._condition(t, node), key) for key, _, node in self.stage_rules]
@@ -476,6 +493,15 @@ def _call_key(call: Call) -> tuple:
     bound = call_arguments(call, FUNCTIONS[call.name])
     days = bound.get("days")
     return (call.name, bound.get("event"), bound.get("property"), int(days) if days else None)
+
+
+def _epoch_column(column: str) -> str:
+    return f"_e_{column}"
+
+
+def _days(epoch: ir.NumericValue, since: ir.NumericValue) -> ir.IntegerValue:
+    """Whole days from epoch second `since` to epoch second `epoch`."""
+    return ((epoch - since) / 86400).floor().cast("int64")
 
 
 def _segment_column(key: str) -> str:
