@@ -559,6 +559,7 @@ def load(
         timer.lap("draw_s")
         fmt = Formatter()
         dialect = k.db.dialect
+        indexes = _drop_secondary_indexes(k) if dialect.name == "postgres" else []
         j = dialect.json_type
 
         cust = customers_table(fmt, data)
@@ -609,6 +610,12 @@ def load(
         )
         timer.lap("orders_s")
 
+        if indexes:
+            with k.db.transaction() as tx:
+                for statement in indexes:
+                    tx.execute(statement)
+            progress(f"recreated {len(indexes)} secondary indexes")
+            timer.lap("indexes_s")
         with k.db.transaction() as tx:
             tx.execute(
                 "INSERT INTO write_keys VALUES (?, 'bench history', ?, 'wk_gen', ?, NULL)",
@@ -642,10 +649,29 @@ def load(
     }
 
 
-def _counts(k: Any) -> dict[str, int]:
-    tables = ("customers", "identities", "events", "orders", "order_items", "refunds")
+LOADED = ("customers", "identities", "events", "orders", "order_items", "refunds")
+LOADED_SQL = ", ".join(f"'{table}'" for table in LOADED)
+
+
+def _drop_secondary_indexes(k: Any) -> list[str]:
+    """PostgreSQL: drop the loaded tables' indexes that back no constraint (the migrations'
+    own, e.g. events by customer and by time) and return their definitions, to build them
+    once after the load instead of maintaining them row by row (several times faster)."""
     with k.db.transaction() as tx:
-        return {t: int(tx.execute(f"SELECT count(*) FROM {t}")[0][0]) for t in tables}
+        rows = tx.execute(
+            "SELECT i.indexname, i.indexdef FROM pg_indexes i "
+            "WHERE i.schemaname = current_schema() AND i.tablename IN "
+            f"({LOADED_SQL}) AND NOT EXISTS ("
+            "SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)"
+        )
+        for name, _ in rows:
+            tx.execute(f'DROP INDEX "{name}"')
+    return [definition for _, definition in rows]
+
+
+def _counts(k: Any) -> dict[str, int]:
+    with k.db.transaction() as tx:
+        return {t: int(tx.execute(f"SELECT count(*) FROM {t}")[0][0]) for t in LOADED}
 
 
 def _vacuum(url: str) -> None:

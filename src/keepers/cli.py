@@ -2,7 +2,8 @@
 bad input or a problem it cannot fix — never a traceback (set KEEPERS_DEBUG=1 to see one).
 
 Exit codes: 0 success · 1 the store or server is unavailable / locked · 2 bad input
-· 3 an import finished but some rows were rejected (they are listed with line numbers).
+(including a customer, key or segment that does not exist) · 3 an import finished but some
+rows were rejected (they are listed with line numbers).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from keepers import __version__
-from keepers.errors import InvalidInput, KeepersError
+from keepers.errors import InvalidInput, KeepersError, NotFound, RuleError
 from keepers.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -88,7 +89,9 @@ def friendly_errors(func: F) -> F:
 
 
 def _describe(exc: Exception) -> tuple[int, str]:
-    if isinstance(exc, InvalidInput):
+    if isinstance(exc, RuleError) and exc.source and "column" not in exc.message:
+        return 2, f"{exc.message} (column {exc.position + 1} of: {exc.source})"
+    if isinstance(exc, InvalidInput | NotFound):
         return 2, exc.message
     if isinstance(exc, KeepersError):
         return 1, exc.message
@@ -779,7 +782,7 @@ def definitions_apply(
     try:
         body = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"{file}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise InvalidInput(f"{file}: not valid YAML: {' '.join(str(exc).split())}") from None
     result = _lifecycle(db, "definitions_apply", body=body)
     if as_json:
         _print_json(result)

@@ -26,7 +26,7 @@ from keepers.engine.compute import (
 )
 from keepers.engine.explain import explain_customer
 from keepers.engine.plan import Plan
-from keepers.errors import InvalidInput, NotFound
+from keepers.errors import InvalidInput, NotFound, RuleError
 from keepers.store.database import Database, Tx
 from keepers.store.definitions import (
     list_definition_versions,
@@ -311,7 +311,12 @@ def preview_segment(db: Database, rule: str, *, as_of: datetime, sample: int = 1
         current = load_definitions(tx)
         trial = current.definitions.model_copy(deep=True)
         trial.segments.append(SegmentDefinition(key="p_preview", rule=rule))
-        plan = Plan.build(trial)
+        try:
+            plan = Plan.build(trial)
+        except RuleError as exc:  # the trial segment is ours; the user wrote a rule
+            exc.message = exc.message.replace("segment 'p_preview'", "rule")
+            exc.args = (exc.message,)
+            raise
         table = evaluate_as_of(tx, plan, as_of)
         where = "strpos(segments, ',p_preview,') > 0"
         count = tx.execute(f"SELECT count(*) FROM {table} WHERE {where}")[0][0]
@@ -521,6 +526,7 @@ def parse_segment(data: dict[str, Any]) -> SegmentDefinition:
 def describe_change(old: Definitions, new: Definitions) -> str:
     """One line naming what a new version changes."""
     parts = []
+    was_stages = {s.key for s in old.stage_model.stages}
     for kind, before, after in (
         ("stage", old.stage_model.stages, new.stage_model.stages),
         ("segment", old.segments, new.segments),
@@ -531,9 +537,10 @@ def describe_change(old: Definitions, new: Definitions) -> str:
         parts += [f"{kind} '{k}' added" for k in now if k not in was]
         parts += [f"{kind} '{k}' removed" for k in was if k not in now]
         parts += [f"{kind} '{k}' changed" for k in now if k in was and now[k] != was[k]]
-    reordered = [s.key for s in old.stage_model.stages] != [s.key for s in new.stage_model.stages]
-    if reordered and not any(p.startswith("stage") for p in parts):
-        parts.append("stages reordered")
+    kept = [s.key for s in new.stage_model.stages if old.stage_model.stages and s.key in was_stages]
+    before = [s.key for s in old.stage_model.stages if s.key in kept]
+    if kept != before:
+        parts.append(f"stages reordered: {', '.join(kept)}")
     if old.stage_model.passive_events != new.stage_model.passive_events:
         parts.append("passive events changed")
     return "; ".join(parts) or "no change"
