@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         "local[2]",
         description="Spark master for `keepers compute --engine spark` (e.g. spark://host:7077).",
     )
+    spark_driver_memory: str = Field(
+        "4g", description="Heap of the Spark driver (local mode runs the whole job in it)."
+    )
     compute_interval_s: float = Field(
         60.0,
         ge=0,

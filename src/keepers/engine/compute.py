@@ -30,7 +30,11 @@ from typing import Any
 import ibis
 import pyarrow as pa
 
-from keepers.engine.plan import AFFECTED, SEGMENT_ALL, TS, Plan
+from keepers.engine.plan import (
+    SEGMENT_ALL,
+    TS,
+    Plan,
+)
 from keepers.store.database import Tx
 
 COMPUTE_LOCK = 720_402  # PostgreSQL advisory lock serialising compute runs
@@ -42,6 +46,7 @@ STAGE_COLUMNS = {
     "previous_stage": "string",
     "segments": "string",
 }
+CANDIDATES = ibis.table({"customer_id": "int64"}, name="_kp_candidates")
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -232,7 +237,15 @@ def temp_table(tx: Tx, name: str, select: str) -> None:
 
 
 def _drop_temps(tx: Tx) -> None:
-    for name in ("_kp_affected", "_kp_fresh", "_kp_kept", "_kp_removed", "_kp_diff", "_kp_seg"):
+    for name in (
+        "_kp_affected",
+        "_kp_candidates",
+        "_kp_fresh",
+        "_kp_kept",
+        "_kp_removed",
+        "_kp_diff",
+        "_kp_seg",
+    ):
         tx.execute(f"DROP TABLE IF EXISTS {name}")
 
 
@@ -345,22 +358,32 @@ def _diff(
         )
         return
 
-    def changed(at: Any, previous: Any = None) -> Any:
+    if since is not None:
+        # who can change: the recomputed, and those whose day count ticked over (a narrow
+        # scan of the epoch columns), so the rules run on a few rows, not on everyone
+        def ticked(at: Any, previous: Any) -> Any:
+            state = state_table(plan)
+            return state.filter(plan.days_ticked(state, at, previous)).select("customer_id")
+
+        temp_table(
+            tx,
+            "_kp_candidates",
+            f"{render(tx, plan, 'ticked', ticked, as_of, since)} "
+            "UNION SELECT customer_id FROM _kp_affected",
+        )
+
+    def changed(at: Any) -> Any:
         state = state_table(plan)
-        if previous is not None:
-            state = state.filter(
-                state.customer_id.isin(AFFECTED.customer_id) | plan.days_ticked(state, at, previous)
-            )
+        if since is not None:
+            state = state.filter(state.customer_id.isin(CANDIDATES.customer_id))
         evaluated = plan.evaluate(state, at)
         return evaluated.filter(
             ~evaluated.stage.identical_to(evaluated.new_stage)
             | ~evaluated.segments.identical_to(evaluated.new_segments)
         ).select("customer_id", "stage", "new_stage", "segments", "new_segments")
 
-    name = "diff" if since is None else "diff_since"
-    temp_table(
-        tx, "_kp_diff", f"{render(tx, plan, name, changed, as_of, since)} UNION ALL {removed}"
-    )
+    name = "diff" if since is None else "diff_candidates"
+    temp_table(tx, "_kp_diff", f"{render(tx, plan, name, changed, as_of)} UNION ALL {removed}")
 
 
 def _apply(tx: Tx, plan: Plan, as_of: datetime, run_id: int, emit_changes: bool) -> tuple[int, int]:

@@ -12,7 +12,12 @@ import ibis
 
 from keepers.domain.rules import Call, Field, Node, source_of, walk
 from keepers.engine.compile import explain_terms
-from keepers.engine.compute import STATE, affected_traits, render, temp_table
+from keepers.engine.compute import (
+    STATE,
+    affected_traits,
+    render,
+    temp_table,
+)
 from keepers.engine.plan import DAYS_SINCE, Plan
 from keepers.store.database import Tx
 

@@ -50,11 +50,11 @@ EVENT_COLUMNS = {
 JSON_COLUMNS = ("properties", "traits", "context")
 
 
-def events_table(*, jsonb: bool) -> ir.Table:
+def events_table(*, jsonb: bool, name: str = "events") -> ir.Table:
     """The event log as Ibis sees it; PostgreSQL stores JSON as jsonb, whose functions
     differ from json's, so the column type must say which."""
     json_type = dt.JSON(binary=jsonb)
-    return ibis.table({**EVENT_COLUMNS, **dict.fromkeys(JSON_COLUMNS, json_type)}, name="events")
+    return ibis.table({**EVENT_COLUMNS, **dict.fromkeys(JSON_COLUMNS, json_type)}, name=name)
 
 
 ORDERS = ibis.table(

@@ -38,7 +38,7 @@ _SESSION: Any = None
 _SESSION_LOCK = threading.Lock()
 
 
-def spark_session(master: str = "local[2]") -> Any:
+def spark_session(master: str = "local[2]", driver_memory: str = "4g") -> Any:
     """One Spark session per process (starting one costs 5–10 s)."""
     global _SESSION
     with _SESSION_LOCK:
@@ -53,7 +53,7 @@ def spark_session(master: str = "local[2]") -> Any:
             _SESSION = (
                 SparkSession.builder.master(master)
                 .appName("keepers")
-                .config("spark.driver.memory", "1g")
+                .config("spark.driver.memory", driver_memory)
                 .config("spark.ui.enabled", "false")
                 .config("spark.ui.showConsoleProgress", "false")
                 .config("spark.sql.shuffle.partitions", "2")
@@ -65,14 +65,16 @@ def spark_session(master: str = "local[2]") -> Any:
         return _SESSION
 
 
-def evaluate_on_spark(tx: Tx, plan: Plan, as_of: datetime, master: str) -> pa.Table:
+def evaluate_on_spark(
+    tx: Tx, plan: Plan, as_of: datetime, master: str, driver_memory: str = "4g"
+) -> pa.Table:
     """Traits, stage and segments of every customer as of `as_of`, computed by Spark.
 
     The sources go to Spark as Parquet files (the format an event log beyond one machine
     would be kept in), which keeps the driver's memory flat whatever the size."""
     import pyarrow.parquet as pq
 
-    spark = spark_session(master)
+    spark = spark_session(master, driver_memory)
     with tempfile.TemporaryDirectory(prefix="keepers-spark-") as scratch:
         for name, query in SOURCES.items():
             table = tx.fetch_arrow(query).cast(_arrow_schema(SOURCE_COLUMNS[name]))

@@ -189,11 +189,13 @@ class Keepers:
             emit_changes=emit_changes,
             engine=engine,
             spark_master=self.settings.spark_master,
+            spark_driver_memory=self.settings.spark_driver_memory,
         )
 
     @property
     def lifecycle(self) -> lifecycle.LifecycleService:
-        return lifecycle.LifecycleService(self.db, self.clock, self.settings.spark_master)
+        spark = (self.settings.spark_master, self.settings.spark_driver_memory)
+        return lifecycle.LifecycleService(self.db, self.clock, spark)
 
     # --- reads ----------------------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ def compute(
     emit_changes: bool = True,
     engine: str = "database",
     spark_master: str = "local[2]",
+    spark_driver_memory: str = "4g",
 ) -> ComputeReport:
     """One compute run at `as_of`, with stage counts and segment sizes in the report.
     `engine="spark"` has Spark compute traits and rules; the store applies the result."""
@@ -92,7 +93,7 @@ def compute(
         if engine == "spark":
             from keepers.engine.spark import evaluate_on_spark
 
-            evaluated = evaluate_on_spark(tx, plan, as_of, spark_master)
+            evaluated = evaluate_on_spark(tx, plan, as_of, spark_master, spark_driver_memory)
         report = run_compute(
             tx,
             plan,
@@ -385,11 +386,14 @@ class LifecycleService:
     what the REST API returns, and what a remote CLI receives from the server."""
 
     def __init__(
-        self, db: Database, clock: Callable[[], datetime], spark_master: str = "local[2]"
+        self,
+        db: Database,
+        clock: Callable[[], datetime],
+        spark: tuple[str, str] = ("local[2]", "4g"),
     ) -> None:
         self.db = db
         self.clock = clock
-        self.spark_master = spark_master
+        self.spark_master, self.spark_driver_memory = spark
 
     def compute(
         self,
@@ -409,6 +413,7 @@ class LifecycleService:
             full=full,
             engine=engine,
             spark_master=self.spark_master,
+            spark_driver_memory=self.spark_driver_memory,
         ).to_dict()
         report["written"] = True
         return report
