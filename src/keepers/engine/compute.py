@@ -300,8 +300,10 @@ def _refresh_affected(tx: Tx, plan: Plan, as_of: datetime, previous: datetime, m
         f"SELECT customer_id FROM events WHERE {window}",
         "SELECT customer_id FROM orders WHERE ordered_at > ? AND ordered_at <= ?",
         "SELECT customer_id FROM refunds WHERE refunded_at > ? AND refunded_at <= ?",
+        # a profile exists from its creation even before its first event counts
+        "SELECT customer_id FROM customers WHERE created_at > ? AND created_at <= ?",
     ]
-    params: list[Any] = [max_seq, previous, as_of, previous, as_of, previous, as_of]
+    params: list[Any] = [max_seq, *[previous, as_of] * 4]
     for days in sorted(plan.windows()):
         parts.append(f"SELECT customer_id FROM events WHERE {window}")
         params += [previous - timedelta(days=days), as_of - timedelta(days=days)]
