@@ -286,13 +286,10 @@ def split_runs(draw: st.DrawFn) -> tuple[list[Drawn], list[int], list[datetime],
             day += draw(st.integers(0, 200))
         moments.append(at_day(day, draw(SECONDS)))
     moments.sort()
-    # The ingest clock (customers.created_at): at or before every run, or after all of them.
-    # (Between two runs it exposes the bug recorded by
-    # `test_customer_created_between_runs_is_picked_up_incrementally`.)
-    if draw(st.booleans()):
-        now = moments[0] - timedelta(days=draw(st.integers(0, 60)))
-    else:
-        now = moments[-1] + timedelta(seconds=draw(st.integers(1, 60 * 86_400)))
+    # The ingest clock (customers.created_at): before, between or after the runs.
+    now = moments[0] + timedelta(
+        seconds=draw(st.integers(-60 * 86_400, (moments[-1] - moments[0]).days * 86_400 + 86_400))
+    )
     return stream, cuts, moments, now
 
 
