@@ -509,6 +509,16 @@ def _moment(value: str | None, option: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _actor() -> str:
+    """Who made a change from the command line, for the definitions' history."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
 def _lifecycle(db: str | None, operation: str, **params: Any) -> Any:
     from keepers.services.backends import open_backend
 
@@ -710,7 +720,13 @@ def segments_create(
 ) -> None:
     """Create or change a segment; members are computed at once."""
     result = _lifecycle(
-        db, "segment_save", key=key, rule=rule, label=label, description=description
+        db,
+        "segment_save",
+        key=key,
+        rule=rule,
+        label=label,
+        description=description,
+        actor=_actor(),
     )
     if as_json:
         _print_json(result)
@@ -726,7 +742,7 @@ def segments_delete(
     db: DbOption = None,
 ) -> None:
     """Delete a segment; its members exit it (recorded)."""
-    result = _lifecycle(db, "segment_delete", key=key)
+    result = _lifecycle(db, "segment_delete", key=key, actor=_actor())
     out.print(f"{result['summary']} (version {result['version']})")
 
 
@@ -783,7 +799,7 @@ def definitions_apply(
         body = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{file}: not valid YAML: {' '.join(str(exc).split())}") from None
-    result = _lifecycle(db, "definitions_apply", body=body)
+    result = _lifecycle(db, "definitions_apply", body=body, actor=_actor())
     if as_json:
         _print_json(result)
         return

@@ -16,6 +16,7 @@ the tests of past dates (as-of, backfill) derive theirs in comments.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -493,7 +494,7 @@ def test_definitions_exported_edited_and_applied_become_a_new_version(shop, tmp_
 
     history = cli_json("definitions", "history", db=shop)
     assert [(h["version"], h["actor"], h["summary"]) for h in history] == [
-        (1, "keepers", applied["summary"])
+        (1, f"cli:{getpass.getuser()}", applied["summary"])
     ]
     assert datetime.fromisoformat(history[0]["at"]) >= NOW
     again = export_definitions(path, shop)

@@ -142,7 +142,7 @@ def _route(operation: str, p: dict[str, Any]) -> tuple[str, str, dict | None, di
     if operation == "explain":
         query = {"as_of": _iso(p["as_of"])} if p.get("as_of") else None
         return "GET", f"/api/customers/{quote(p['customer'], safe='')}/explain", query, None
-    if operation == "segment_save":
+    if operation == "segment_save":  # the server records the change as made through the API
         body = {k: p.get(k) for k in ("rule", "label", "description")}
         return "PUT", f"/api/segments/{quote(p['key'], safe='')}", None, body
     if operation == "segment_preview":
