@@ -72,3 +72,26 @@ def test_kept_sql_answers_like_freshly_compiled_sql(tmp_path_factory, offset):
         assert kept == fresh
     finally:
         keepers.close()
+
+
+def test_an_as_of_time_with_any_utc_offset_means_the_same_moment(tmp_path):
+    """Found by schemathesis: DuckDB knows no zone called '+09:53'. An as-of with an offset
+    must answer exactly like the same instant written in UTC."""
+    from datetime import timezone
+
+    from keepers.services.lifecycle import explain, state_as_of
+
+    keepers = Keepers.open(Settings(database_url=str(tmp_path / "k.duckdb")))
+    try:
+        keepers.ingest_messages(messages(), "test")
+        instant = START + timedelta(days=40, hours=3)
+        offset = instant.astimezone(timezone(timedelta(hours=9, minutes=53)))
+        assert state_as_of(keepers.db, as_of=offset) == state_as_of(keepers.db, as_of=instant)
+        assert (
+            explain(keepers.db, "a", as_of=offset)["stage"]
+            == (explain(keepers.db, "a", as_of=instant)["stage"])
+        )
+        report = keepers.compute(as_of=offset)
+        assert report.as_of == instant and report.customers == 2
+    finally:
+        keepers.close()

@@ -50,6 +50,8 @@ def test_no_input_makes_the_server_fail(fuzz_target):
         def check(case) -> None:
             case.call_and_validate(
                 headers=auth_for(case.path, write_key),
+                # /api/compute may start Spark (engine=spark): the first session takes ~10 s
+                timeout=180,
                 checks=[not_a_server_error, status_code_conformance],
             )
 

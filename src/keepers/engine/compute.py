@@ -73,6 +73,11 @@ class ComputeReport:
         return data
 
 
+def utc(moment: datetime) -> datetime:
+    """A moment in UTC: every engine writes zone names differently, offsets least well."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def process_lock(url: str) -> threading.Lock:
     """One lock per DuckDB file in this process (the only process that may write it)."""
     with _LOCKS_GUARD:
@@ -140,6 +145,7 @@ def run_compute(
     """One run at `as_of`. `evaluated` carries traits, stage and segments of every customer
     computed elsewhere (Spark); the store then only applies the difference."""
     started = time.perf_counter()
+    as_of = utc(as_of)
     if tx.dialect.name == "postgres":
         tx.execute("SELECT pg_advisory_xact_lock(?)", [COMPUTE_LOCK])
     last = _last_run(tx)
@@ -488,6 +494,7 @@ def _write_changes(tx: Tx, as_of: datetime, run_id: int) -> None:
 def evaluate_as_of(tx: Tx, plan: Plan, as_of: datetime) -> str:
     """Everyone's traits, stage and segments as of a moment, into the temp table it names,
     without touching the stored state (`--as-of`)."""
+    as_of = utc(as_of)
 
     def state(at: Any) -> Any:
         evaluated = plan.evaluate(plan.traits(at, jsonb=_jsonb(tx)), at)

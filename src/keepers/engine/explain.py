@@ -17,6 +17,7 @@ from keepers.engine.compute import (
     affected_traits,
     render,
     temp_table,
+    utc,
 )
 from keepers.engine.plan import DAYS_SINCE, Plan
 from keepers.store.database import Tx
@@ -24,6 +25,7 @@ from keepers.store.database import Tx
 
 def explain_customer(tx: Tx, plan: Plan, customer_id: int, as_of: datetime) -> dict[str, Any]:
     """Traits, stage rules and segments of one customer as of a moment."""
+    as_of = utc(as_of)
     temp_table(tx, "_kp_affected", f"SELECT CAST({int(customer_id)} AS BIGINT) AS customer_id")
     traits_sql = render(tx, plan, "affected", lambda t: affected_traits(tx, plan, t), as_of)
     temp_table(tx, "_kp_one", traits_sql)

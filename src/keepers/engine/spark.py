@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import ibis
@@ -74,6 +74,7 @@ def evaluate_on_spark(
     would be kept in), which keeps the driver's memory flat whatever the size."""
     import pyarrow.parquet as pq
 
+    as_of = as_of.astimezone(UTC)
     spark = spark_session(master, driver_memory)
     with tempfile.TemporaryDirectory(prefix="keepers-spark-") as scratch:
         for name, query in SOURCES.items():
@@ -88,7 +89,10 @@ def evaluate_on_spark(
             new_stage=evaluated.new_stage,
             new_segments=evaluated.new_segments,
         )
-        table = ibis.pyspark.connect(spark).to_pyarrow(result)
+        # Spark's own Arrow export: Ibis' goes through pandas, whose nanosecond timestamps
+        # cannot hold the year-20 dates a client may send
+        sql = ibis.pyspark.connect(spark).compile(result)
+        table = spark.sql(sql).toArrow()
     return table.cast(_arrow_schema({**plan.state_schema(), **EVALUATED}))
 
 

@@ -23,6 +23,7 @@ from keepers.engine.compute import (
     process_lock,
     run_compute,
     state_exists,
+    utc,
 )
 from keepers.engine.explain import explain_customer
 from keepers.engine.plan import Plan
@@ -184,6 +185,7 @@ def backfill(
     """Rebuild stage history and segment memberships from `since`: the state is cleared and
     recomputed as of every step up to `until`, so funnels and time-in-stage exist for an
     imported past. History only — no change records (automations must not replay it)."""
+    since, until = utc(since), utc(until)
     if every not in STEPS:
         raise InvalidInput(f"every: expected one of {', '.join(STEPS)}, got '{every}'")
     if since >= until:
