@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
+
 from keepers.services.keepers import Keepers
+from keepers.testing.postgres import free_port
 
 
 def rows(keepers: Keepers, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
@@ -26,3 +36,34 @@ def track(user_id: str | None = None, event: str = "Product Viewed", **extra: An
     }
     message.update(extra)
     return message
+
+
+KEEPERS_CLI = [sys.executable, "-m", "keepers.cli"]
+
+
+@contextlib.contextmanager
+def serving(db: str, **env: str) -> Iterator[str]:
+    """A real `keepers serve` process holding `db` (extra KEEPERS_* settings in `env`);
+    yields its URL once /health answers, and stops it with Ctrl+C afterwards."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*KEEPERS_CLI, "serve", "--port", str(port)],
+        env={**os.environ, "KEEPERS_DATABASE_URL": db, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)

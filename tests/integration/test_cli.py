@@ -4,11 +4,8 @@ differs): status, keys, imports (idempotent, bad rows by line), and a locked dat
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from keepers.cli import app
-from keepers.testing.postgres import free_port
+from tests.helpers import serving
 
 runner = CliRunner()
 KEEPERS = [sys.executable, "-m", "keepers.cli"]
@@ -164,27 +161,8 @@ def test_events_jsonl_import_rejects_spec_violations_by_line(duckdb_url, tmp_pat
 def served_duckdb(tmp_path):
     """A real `keepers serve` process holding a DuckDB file."""
     db = str(tmp_path / "served.duckdb")
-    port = free_port()
-    env = {**os.environ, "KEEPERS_DATABASE_URL": db}
-    process = subprocess.Popen(
-        [*KEEPERS, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
-    yield db, url
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=30)
+    with serving(db) as url:
+        yield db, url
 
 
 def test_commands_on_a_database_held_by_the_server_go_through_it(served_duckdb, tmp_path):

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,8 +33,7 @@ from typer.testing import CliRunner
 from keepers.cli import app
 from keepers.services.keepers import Keepers
 from keepers.settings import Settings
-from keepers.testing.postgres import free_port
-from tests.helpers import rows
+from tests.helpers import rows, serving
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 KEEPERS = [sys.executable, "-m", "keepers.cli"]
@@ -651,31 +647,8 @@ def test_the_rest_api_saves_segments_and_definitions(api):
 def served_shop(duckdb_shop):
     """The computed shop, then a real `keepers serve` process holding its file."""
     cli_json("compute", db=duckdb_shop)
-    port = free_port()
-    env = {
-        **os.environ,
-        "KEEPERS_DATABASE_URL": duckdb_shop,
-        "KEEPERS_COMPUTE_INTERVAL_S": "0",
-    }
-    process = subprocess.Popen(
-        [*KEEPERS, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
-    yield duckdb_shop
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=30)
+    with serving(duckdb_shop, KEEPERS_COMPUTE_INTERVAL_S="0"):
+        yield duckdb_shop
 
 
 def test_lifecycle_commands_on_a_served_file_go_through_the_server(served_shop):

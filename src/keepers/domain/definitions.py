@@ -195,8 +195,17 @@ def _no_duplicates(what: str, keys: Iterable[str]) -> None:
 
 def parse_definitions(data: Any) -> Definitions:
     """Definitions from plain data (YAML, JSON, TOML), with one readable error line."""
+    return _validated(Definitions, data)
+
+
+def parse_segment(data: dict[str, Any]) -> SegmentDefinition:
+    """One segment from plain data; absent (None) fields take their defaults."""
+    return _validated(SegmentDefinition, {k: v for k, v in data.items() if v is not None})
+
+
+def _validated(model: type[_Model], data: Any) -> Any:
     try:
-        return Definitions.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidInput(validation_message(exc)) from None
 
@@ -306,4 +315,5 @@ __all__ = [
     "TraitDefinition",
     "default_definitions",
     "parse_definitions",
+    "parse_segment",
 ]

@@ -148,7 +148,7 @@ def run_compute(
     as_of = utc(as_of)
     if tx.dialect.name == "postgres":
         tx.execute("SELECT pg_advisory_xact_lock(?)", [COMPUTE_LOCK])
-    last = _last_run(tx)
+    last = last_run(tx)
     exists = state_exists(tx)
     signature = plan.signature()
     full = (
@@ -202,20 +202,24 @@ def run_compute(
     return report
 
 
-def _last_run(tx: Tx) -> dict[str, Any] | None:
+RUN_COLUMNS = (
+    "run_id",
+    "mode",
+    "as_of",
+    "seconds",
+    "customers",
+    "stage_moves",
+    "signature",
+    "definitions_version",
+)
+
+
+def last_run(tx: Tx) -> dict[str, Any] | None:
+    """The most recent compute run, or None before the first."""
     rows = tx.execute(
-        "SELECT run_id, as_of, signature, definitions_version FROM compute_runs "
-        "ORDER BY run_id DESC LIMIT 1"
+        f"SELECT {', '.join(RUN_COLUMNS)} FROM compute_runs ORDER BY run_id DESC LIMIT 1"
     )
-    if not rows:
-        return None
-    run_id, as_of, signature, version = rows[0]
-    return {
-        "run_id": run_id,
-        "as_of": as_of,
-        "signature": signature,
-        "definitions_version": version,
-    }
+    return dict(zip(RUN_COLUMNS, rows[0], strict=True)) if rows else None
 
 
 def state_exists(tx: Tx) -> bool:

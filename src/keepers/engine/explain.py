@@ -13,7 +13,6 @@ import ibis
 from keepers.domain.rules import Call, Field, Node, source_of, walk
 from keepers.engine.compile import explain_terms
 from keepers.engine.compute import (
-    STATE,
     affected_traits,
     render,
     temp_table,
@@ -104,6 +103,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
-
-
-__all__ = ["STATE", "explain_customer"]

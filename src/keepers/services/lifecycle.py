@@ -16,10 +16,12 @@ from keepers.domain.definitions import (
     SegmentDefinition,
     default_definitions,
     parse_definitions,
+    parse_segment,
 )
 from keepers.engine.compute import (
     ComputeReport,
     evaluate_as_of,
+    last_run,
     process_lock,
     run_compute,
     state_exists,
@@ -128,17 +130,6 @@ def segment_sizes(tx: Tx, definitions: Definitions) -> dict[str, int]:
         if segment in sizes:
             sizes[segment] = n
     return sizes
-
-
-def last_run(tx: Tx) -> dict[str, Any] | None:
-    rows = tx.execute(
-        "SELECT run_id, mode, as_of, seconds, customers, stage_moves FROM compute_runs "
-        "ORDER BY run_id DESC LIMIT 1"
-    )
-    if not rows:
-        return None
-    keys = ("run_id", "mode", "as_of", "seconds", "customers", "stage_moves")
-    return dict(zip(keys, rows[0], strict=True))
 
 
 def as_of_summary(db: Database, *, as_of: datetime) -> dict[str, Any]:
@@ -517,17 +508,6 @@ class LifecycleService:
             }
             for v in versions
         ]
-
-
-def parse_segment(data: dict[str, Any]) -> SegmentDefinition:
-    from pydantic import ValidationError
-
-    from keepers.domain.definitions import validation_message
-
-    try:
-        return SegmentDefinition.model_validate({k: v for k, v in data.items() if v is not None})
-    except ValidationError as exc:
-        raise InvalidInput(validation_message(exc)) from None
 
 
 def describe_change(old: Definitions, new: Definitions) -> str:
