@@ -46,6 +46,10 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(import_app, name="import")
 app.add_typer(segments_app, name="segments")
 app.add_typer(definitions_app, name="definitions")
+clv_app = typer.Typer(
+    help="Customer lifetime value models (BG/NBD, Pareto/NBD, Gamma-Gamma).", no_args_is_help=True
+)
+app.add_typer(clv_app, name="clv")
 
 out = Console()
 err = Console(stderr=True)
@@ -818,6 +822,141 @@ def definitions_history(db: DbOption = None, as_json: JsonOption = False) -> Non
     for row in result:
         table.add_row(str(row["version"]), row["at"][:19], row["actor"], row["summary"])
     out.print(table)
+
+
+# --- reports -------------------------------------------------------------------------------------
+
+REPORT_NAMES = (
+    "funnel|churn|retention|cohorts|lifecycle|rfm|clv|health|personas|cross-sell|replenishment"
+)
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    found = {}
+    for value in values or []:
+        key, sep, text = value.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"{option} takes KEY=VALUE, not '{value}'")
+        found[key.strip().replace("-", "_")] = text.strip()
+    return found
+
+
+@app.command()
+@friendly_errors
+def report(
+    name: Annotated[str, typer.Argument(help=f"Which report: {REPORT_NAMES}.")],
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Report as of this date or time (UTC).")
+    ] = None,
+    period: Annotated[
+        str | None, typer.Option(help="Period length: week, month or quarter.")
+    ] = None,
+    periods: Annotated[int | None, typer.Option(help="How many periods back.")] = None,
+    by: Annotated[
+        str | None, typer.Option(help="funnel: group by none, cohort or channel.")
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="cohorts: recurring (default) or rolling.")
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="Another report option, KEY=VALUE. Repeatable."),
+    ] = None,
+    who: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--who",
+            help="List the customers behind a number, e.g. --who segment=champions. Repeatable.",
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="With --who: at most this many customers.")] = 100,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Analytics reports, now or as of a past date, and the customers behind each number."""
+    options = {"period": period, "periods": periods, "by": by, "mode": mode}
+    options.update(_pairs(option, "--option"))
+    options = {k: v for k, v in options.items() if v is not None}
+    moment = _moment(as_of, "--as-of")
+    if who:
+        cell = {**options, **_pairs(who, "--who")}
+        result = _lifecycle(db, "report_who", name=name, as_of=moment, limit=limit, **cell)
+    else:
+        result = _lifecycle(db, "report", name=name, as_of=moment, **options)
+    if as_json:
+        _print_json(result)
+        return
+    _print_report(result)
+
+
+def _print_report(result: dict[str, Any]) -> None:
+    """Any report for people: its scalars on a line, each list of rows as a table."""
+    scalars = {k: v for k, v in result.items() if not isinstance(v, list | dict) and v is not None}
+    out.print("  ".join(f"{k}: {_cell(v)}" for k, v in scalars.items()))
+    for key, value in result.items():
+        if isinstance(value, dict):
+            value = [value] if value and not isinstance(next(iter(value.values())), list) else []
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            columns = [c for c in value[0] if not isinstance(value[0][c], dict)]
+            table = Table(*columns, title=key.replace("_", " "))
+            for row in value:
+                table.add_row(*(_cell(row.get(c)) for c in columns))
+            out.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 10 else f"{value:,.2f}"
+    if isinstance(value, list):
+        return " ".join(_cell(v) for v in value)
+    return str(value)
+
+
+# --- clv -----------------------------------------------------------------------------------------
+
+
+@clv_app.command("fit")
+@friendly_errors
+def clv_fit(
+    transactions: Annotated[Path, typer.Option(help="Transaction CSV: one row per purchase.")],
+    calibration_end: Annotated[
+        str, typer.Option(help="Last day of the calibration period (YYYY-MM-DD).")
+    ],
+    time_unit: Annotated[str, typer.Option(help="days, weeks or months.")] = "weeks",
+    customer_col: Annotated[str, typer.Option(help="Column with the customer id.")] = "customer_id",
+    date_col: Annotated[str, typer.Option(help="Column with the purchase date.")] = "date",
+    amount_col: Annotated[str, typer.Option(help="Column with the purchase amount.")] = "amount",
+    horizon: Annotated[
+        float, typer.Option(help="Prediction horizon in time units, for expected purchases.")
+    ] = 52.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Fit BG/NBD, Pareto/NBD and Gamma-Gamma to a raw transaction file."""
+    from keepers.services.clv import fit_transactions
+
+    result = fit_transactions(
+        transactions,
+        calibration_end=calibration_end,
+        time_unit=time_unit,
+        customer_col=customer_col,
+        date_col=date_col,
+        amount_col=amount_col,
+        horizon=horizon,
+    )
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"{result['customers']:,} customers, {result['repeat_buyers']:,} repeat buyers")
+    for model in ("bgnbd", "pareto_nbd", "gamma_gamma"):
+        params = result.get(model)
+        if params:
+            shown = ", ".join(f"{k} = {v:.4g}" for k, v in params.items() if k in PARAM_NAMES)
+            out.print(f"{model}: {shown}")
+
+
+PARAM_NAMES = {"r", "alpha", "a", "b", "s", "beta", "p", "q", "v"}
 
 
 def main() -> None:

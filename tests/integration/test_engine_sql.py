@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keepers.domain.definitions import default_definitions
-from keepers.engine.compute import SENTINEL, render, timestamp_sql
+from keepers.engine.compute import render
 from keepers.engine.plan import Plan
+from keepers.engine.sql import SENTINELS, timestamp_sql
 from keepers.services.keepers import Keepers
 from keepers.settings import Settings
 
@@ -49,8 +50,8 @@ def messages() -> list[dict]:
 def test_the_sentinel_time_appears_in_compiled_sql_in_both_dialects():
     for dialect in ("duckdb", "postgres"):
         plan = Plan.build(default_definitions())
-        sql = ibis.to_sql(plan.traits(ibis.literal(SENTINEL)), dialect=dialect)
-        assert timestamp_sql(SENTINEL, dialect) in sql
+        sql = ibis.to_sql(plan.traits(ibis.literal(SENTINELS[0])), dialect=dialect)
+        assert timestamp_sql(SENTINELS[0], dialect) in sql
 
 
 @settings(max_examples=12, deadline=None)

@@ -1,6 +1,6 @@
-"""Imports point one way: errors/settings ← domain ← store ← ingest | demo | engine ← services ←
-web ← cli. A module may import its own package and any lower layer, never a higher one
-(so the store never learns about HTTP, and the domain stays pure)."""
+"""Imports point one way: errors/settings ← domain | models ← store ← ingest | demo | engine
+← analytics ← services ← web ← cli. A module may import its own package and any lower
+layer, never a higher one (so the store never learns about HTTP, and the domain stays pure)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ LAYERS = {
     "errors": 0,
     "settings": 0,
     "domain": 1,
+    "models": 1,  # statistical models over NumPy arrays (BTYD, Gamma-Gamma): pure maths
     "store": 2,
     "ingest": 3,
     "demo": 3,
     "engine": 3,
+    "analytics": 3.5,  # reports: queries over the store that reuse the engine's compiled traits
     "services": 4,
     "web": 5,
     "cli": 6,  # the outermost layer: it starts the web app

@@ -19,7 +19,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from keepers.errors import InvalidInput, RuleError
 
@@ -157,12 +164,80 @@ class StageModel(_Model):
         return [s.key for s in main + side]
 
 
+class HealthComponent(_Model):
+    """One signal of the health score: a number from traits, scored linearly from `worst`
+    (0 points) to `best` (100 points) and clamped; either may be the larger. A customer
+    without a value (no NPS answer, say) is scored on the other components."""
+
+    key: str
+    label: str | None = None
+    value: str = Field(description="a number from traits in the rule language, e.g. `orders`")
+    best: float
+    worst: float
+    weight: float = Field(gt=0)
+
+    _key = field_validator("key")(_check_key)
+
+    @model_validator(mode="after")
+    def _distinct_ends(self) -> HealthComponent:
+        if self.best == self.worst:
+            raise ValueError(f"health component '{self.key}': best and worst must differ")
+        return self
+
+
+class HealthModel(_Model):
+    """A weighted score 0–100 of how a customer relationship is doing."""
+
+    components: list[HealthComponent] = Field(min_length=1)
+
+    @field_validator("components")
+    @classmethod
+    def _unique_components(cls, components: list[HealthComponent]) -> list[HealthComponent]:
+        _no_duplicates("health component", (c.key for c in components))
+        return components
+
+
+def default_health() -> HealthModel:
+    """Recency, frequency, email engagement, NPS and refunds. Support and payment signals
+    join once a business sends them: define a trait such as `count("Ticket Created",
+    days=90)` and add a component on it."""
+    return HealthModel(
+        components=[
+            HealthComponent(
+                key="recency", value="days_since_last_active", best=0, worst=120, weight=30
+            ),
+            HealthComponent(key="frequency", value="orders", best=8, worst=0, weight=25),
+            HealthComponent(
+                key="engagement",
+                label="email engagement",
+                value="emails_opened + 2 * emails_clicked",
+                best=20,
+                worst=0,
+                weight=15,
+            ),
+            HealthComponent(
+                key="nps", label="NPS answer", value="nps", best=10, worst=0, weight=20
+            ),
+            HealthComponent(
+                key="refunds",
+                label="refunds (support signal)",
+                value="refunds",
+                best=0,
+                worst=3,
+                weight=10,
+            ),
+        ]
+    )
+
+
 class Definitions(_Model):
-    """Everything the engine needs: the stage model, segments and user-defined traits."""
+    """Everything the engine needs: the stage model, segments and user-defined traits, and
+    the health score built on them."""
 
     stage_model: StageModel
     segments: list[SegmentDefinition] = Field(default_factory=list)
     traits: list[TraitDefinition] = Field(default_factory=list)
+    health: HealthModel = Field(default_factory=default_health)
 
     @field_validator("segments")
     @classmethod

@@ -629,6 +629,20 @@ def check(node: Node, source: str, scope: Scope) -> str:
     return kind
 
 
+def check_number(node: Node, source: str, scope: Scope) -> str:
+    """Type a parsed expression and insist it is a number (or an untyped field, which is
+    cast); returns its type. Raises `RuleError`."""
+    kind = _Checker(source, scope).type_of(node)
+    if kind not in ("number", "any"):
+        _fail(
+            f"a {scope.what} must be a number; '{source_of(node, source)}' is {_TYPE_WORDS[kind]}",
+            source,
+            node.start,
+            node.end,
+        )
+    return kind
+
+
 def _literal_type(value: LiteralValue) -> str:
     if value is None:
         return "null"

@@ -35,6 +35,7 @@ from keepers.engine.plan import (
     TS,
     Plan,
 )
+from keepers.engine.sql import compiled_sql
 from keepers.store.database import Tx
 
 COMPUTE_LOCK = 720_402  # PostgreSQL advisory lock serialising compute runs
@@ -84,11 +85,6 @@ def process_lock(url: str) -> threading.Lock:
         return _LOCKS.setdefault(url, threading.Lock())
 
 
-SENTINEL = datetime(2999, 12, 30, 23, 58, 57, 654321, tzinfo=UTC)
-SENTINEL_PREVIOUS = datetime(2999, 11, 29, 22, 57, 56, 543210, tzinfo=UTC)
-_TEMPLATES: dict[tuple[str, ...], str] = {}
-
-
 def render(
     tx: Tx,
     plan: Plan,
@@ -97,35 +93,10 @@ def render(
     as_of: datetime,
     previous: datetime | None = None,
 ) -> str:
-    """The SQL of `build(as_of)` (or `build(as_of, previous)`) for this dialect. Ibis
-    compiles a plan's queries in about 0.3 s each — longer than DuckDB runs them — so each
-    is compiled once per process, with sentinel times that are then swapped for real ones."""
+    """The SQL of `build(as_of)` (or `build(as_of, previous)`) for this dialect, compiled
+    once per plan and process."""
     moments = [as_of] if previous is None else [as_of, previous]
-    sentinels = [SENTINEL, SENTINEL_PREVIOUS][: len(moments)]
-    key = (plan.fingerprint(), tx.dialect.name, name)
-    template = _TEMPLATES.get(key)
-    if template is None:
-        compiled = ibis.to_sql(build(*map(ibis.literal, sentinels)), dialect=tx.dialect.name)
-        template = compiled
-        for index, sentinel in enumerate(sentinels):
-            template = template.replace(timestamp_sql(sentinel, tx.dialect.name), _token(index))
-        if "2999" in template or any(_token(i) not in template for i in range(len(moments))):
-            # never expected; compile per run rather than risk a wrong time
-            return ibis.to_sql(build(*map(ibis.literal, moments)), dialect=tx.dialect.name)
-        _TEMPLATES[key] = template
-    for index, moment in enumerate(moments):
-        template = template.replace(_token(index), f"CAST('{moment.isoformat()}' AS TIMESTAMPTZ)")
-    return template
-
-
-def _token(index: int) -> str:
-    return f"\x00moment{index}\x00"
-
-
-def timestamp_sql(moment: datetime, dialect: str) -> str:
-    """How Ibis writes a timestamp literal in a dialect."""
-    select = ibis.to_sql(ibis.literal(moment).name("x"), dialect=dialect)
-    return select.strip().removeprefix("SELECT").strip().removesuffix('AS "x"').strip()
+    return compiled_sql(tx, (plan.fingerprint(), name), build, moments)
 
 
 def state_table(plan: Plan) -> Any:

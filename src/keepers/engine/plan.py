@@ -28,7 +28,7 @@ import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 
 from keepers.domain.definitions import BUILTIN_TRAITS, Definitions, TraitDefinition
-from keepers.domain.rules import Call, FunctionSpec, Node, Scope, check, parse
+from keepers.domain.rules import Call, FunctionSpec, Node, Scope, check, check_number, parse
 from keepers.engine.compile import (
     call_arguments,
     compile_condition,
@@ -186,6 +186,7 @@ class Plan:
     stage_rules: list[tuple[str, str, Node]] = field(default_factory=list)
     segment_rules: dict[str, tuple[str, Node]] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # segment keys and "stage", evaluation order
+    health_values: dict[str, tuple[str, Node]] = field(default_factory=dict)
 
     # --- building -----------------------------------------------------------------------------
 
@@ -203,20 +204,31 @@ class Plan:
         for segment in definitions.segments:
             node = plan._parse(segment.rule, segment_scope, f"segment '{segment.key}'")
             plan.segment_rules[segment.key] = (segment.rule, node)
+        health_scope = Scope(
+            fields={k: v for k, v in scope.fields.items() if k != "health_score"},
+            prefixes=scope.prefixes,
+            functions={k: v for k, v in FUNCTIONS.items() if k != "in_segment"},
+            what="health value",
+        )
+        for component in definitions.health.components:
+            what = f"health component '{component.key}'"
+            node = plan._parse(component.value, health_scope, what, number=True)
+            plan.health_values[component.key] = (component.value, node)
         plan.order = plan._dependency_order()
         return plan
 
     def scope(self, *, with_stage: bool) -> Scope:
         fields = {t.key: t.type for t in BUILTIN_TRAITS}
         fields.update(self.user_traits)
+        fields["health_score"] = "number"
         if with_stage:
             fields["stage"] = "string"
         return Scope(fields=fields, prefixes={"traits": "any"}, functions=FUNCTIONS)
 
-    def _parse(self, rule: str, scope: Scope, what: str) -> Node:
+    def _parse(self, rule: str, scope: Scope, what: str, *, number: bool = False) -> Node:
         try:
             node = parse(rule)
-            check(node, rule, scope)
+            (check_number if number else check)(node, rule, scope)
         except RuleError as exc:
             exc.message = f"{what}: {exc.message}"
             exc.args = (exc.message,)
@@ -398,7 +410,7 @@ class Plan:
         identifies = events.filter(events.type == "identify")
         metrics = {}
         for name, column in self.profile_traits.items():
-            value = _json_text(identifies.traits, name.split(".")[1:])
+            value = json_text(identifies.traits, name.split(".")[1:])
             metrics[column] = value.argmax(identifies.timestamp, where=value.notnull())
         return identifies.group_by("customer_id").aggregate(**metrics)
 
@@ -432,6 +444,7 @@ class Plan:
             if key[0] == "days_since":
                 derived[column + "_days"] = _days(epoch, state[_epoch_column(column)])
         t = state.mutate(**derived)
+        t = t.mutate(health_score=self.health_score(t))
         for name in self.order:
             if name == "stage":
                 t = t.mutate(new_stage=self._stage_expr(t))
@@ -442,6 +455,30 @@ class Plan:
         for key in sorted(self.segment_rules):
             segments = segments + t[_segment_column(key)].ifelse(f"{key},", "")
         return t.mutate(new_segments=segments)
+
+    def health_parts(self, t: ir.Table) -> dict[str, ir.FloatingValue]:
+        """Each health component's score, 0–100 (NULL when the customer has no value)."""
+        parts = {}
+        for component in self.definitions.health.components:
+            _, node = self.health_values[component.key]
+            value = self.value(t, node).cast("float64")
+            span = component.best - component.worst
+            scaled = (value - component.worst) / span
+            # not greatest/least: both engines skip NULLs there, and no value must stay NULL
+            clamped = ibis.cases((scaled < 0.0, 0.0), (scaled > 1.0, 1.0), else_=scaled)
+            parts[component.key] = clamped * 100.0
+        return parts
+
+    def health_score(self, t: ir.Table) -> ir.FloatingValue:
+        """The weighted mean of the components a customer has a value for, 0–100."""
+        points = ibis.literal(0.0)
+        weights = ibis.literal(0.0)
+        parts = self.health_parts(t)
+        for component in self.definitions.health.components:
+            part = parts[component.key]
+            points = points + (part * component.weight).fill_null(0.0)
+            weights = weights + part.notnull().ifelse(component.weight, 0.0)
+        return (points / weights.nullif(0.0)).round(1)
 
     def days_ticked(
         self, state: ir.Table, at: ir.TimestampValue, previous: ir.TimestampValue
@@ -519,7 +556,7 @@ def _json_path(column: ir.Value, path: list[str]) -> ir.Value:
     return column
 
 
-def _json_text(column: ir.Value, path: list[str]) -> ir.StringValue:
+def json_text(column: ir.Value, path: list[str]) -> ir.StringValue:
     """A JSON value as text, whatever its JSON type ("pro", "35", "true")."""
     raw = _json_path(column, path).cast("string")
     return raw.re_replace(r'^"|"$', "").nullif("null")
@@ -551,12 +588,12 @@ def _aggregate(events: ir.Table, a: Aggregate, as_of: ir.TimestampValue) -> ir.V
         return events.timestamp.max(where=cond)
     path = (a.path or "").split(".")
     if func in ("first", "last", "distinct"):
-        text = _json_text(events[a.source], path)
+        text = json_text(events[a.source], path)
         if func == "distinct":
             return text.nunique(where=cond)
         pick = text.argmin if func == "first" else text.argmax
         return pick(events.timestamp, where=cond & text.notnull())
-    number = _json_text(events[a.source], path).try_cast("float64")
+    number = json_text(events[a.source], path).try_cast("float64")
     if func == "last_number":
         return number.argmax(events.timestamp, where=cond & number.notnull())
     return getattr(number, {"avg": "mean"}.get(func, func))(where=cond)
@@ -565,7 +602,7 @@ def _aggregate(events: ir.Table, a: Aggregate, as_of: ir.TimestampValue) -> ir.V
 def _event_field(events: ir.Table, name: str) -> ir.Value:
     head, _, rest = name.partition(".")
     if rest:
-        return _json_text(events[head], rest.split("."))
+        return json_text(events[head], rest.split("."))
     return events[head]
 
 

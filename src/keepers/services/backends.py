@@ -150,6 +150,11 @@ def _route(operation: str, p: dict[str, Any]) -> tuple[str, str, dict | None, di
     if operation in ("segment_show", "segment_delete"):
         verb = "GET" if operation == "segment_show" else "DELETE"
         return verb, f"/api/segments/{quote(p['key'], safe='')}", None, None
+    if operation in ("report", "report_who"):
+        name = quote(p.pop("name"), safe="")
+        query = {k: _iso(v) for k, v in p.items() if v is not None}
+        suffix = "/customers" if operation == "report_who" else ""
+        return "GET", f"/api/reports/{name}{suffix}", query, None
     if operation == "definitions_apply":
         return "PUT", "/api/definitions", None, {"definitions": p["body"]}
     fixed = {

@@ -411,6 +411,22 @@ class LifecycleService:
         report["written"] = True
         return report
 
+    def report(self, name: str, as_of: datetime | None = None, **options: Any) -> dict[str, Any]:
+        """One analytics report (funnel, churn, cohorts, rfm …) now or as of a moment."""
+        from keepers.services import analytics
+
+        when = as_of or self.clock()
+        return analytics.report(self.db, name, as_of=when, current=as_of is None, **options)
+
+    def report_who(
+        self, name: str, as_of: datetime | None = None, limit: int = 100, **cell: Any
+    ) -> dict[str, Any]:
+        """The customers behind one number of a report."""
+        from keepers.services import analytics
+
+        when = as_of or self.clock()
+        return analytics.who(self.db, name, as_of=when, current=as_of is None, limit=limit, **cell)
+
     def stages(self) -> dict[str, Any]:
         with self.db.transaction() as tx:
             current = load_definitions(tx)

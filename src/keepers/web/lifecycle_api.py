@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field
 
 from keepers.services.keepers import Keepers
@@ -108,7 +108,28 @@ def lifecycle_router(keepers: Keepers, admin_token: str) -> APIRouter:
         """Every saved version: who, when, what changed."""
         return service.definitions_history()
 
+    @router.get("/reports/{name}", responses=NOT_FOUND)
+    def report(name: str, request: Request, as_of: AwareDatetime | None = None) -> dict[str, Any]:
+        """An analytics report: funnel, churn, retention, cohorts, lifecycle, rfm, health …
+        Other query parameters are the report's options (period, periods, by, mode …)."""
+        return service.report(name, as_of, **_options(request, ("as_of",)))
+
+    @router.get("/reports/{name}/customers", responses=NOT_FOUND)
+    def report_customers(
+        name: str,
+        request: Request,
+        as_of: AwareDatetime | None = None,
+        limit: int = Query(100, ge=1, le=10_000),
+    ) -> dict[str, Any]:
+        """The customers behind one number of a report; the other query parameters name the
+        cell (e.g. `segment=champions` for RFM, `in_period=2024-05&group=lost` for churn)."""
+        return service.report_who(name, as_of, limit, **_options(request, ("as_of", "limit")))
+
     return router
+
+
+def _options(request: Request, taken: tuple[str, ...]) -> dict[str, str]:
+    return {k: v for k, v in request.query_params.items() if k not in taken}
 
 
 __all__ = ["lifecycle_router"]
