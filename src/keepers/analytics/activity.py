@@ -15,7 +15,13 @@ from typing import Any
 import ibis
 import ibis.expr.types as ir
 
-from keepers.analytics.base import PERIODS, Context, active_events, complete_periods
+from keepers.analytics.base import (
+    PERIODS,
+    Context,
+    active_events,
+    complete_periods,
+    reported_period,
+)
 from keepers.errors import InvalidInput
 
 STATUSES = ("new", "returning", "resurrecting", "dormant")
@@ -81,16 +87,9 @@ def who(
 ) -> Any:
     if status not in STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, not '{status}'")
-    spans = complete_periods(ctx.as_of, period, periods + 1)
-    labels = [s.label for s in spans]
-    if in_period not in labels[1:]:
-        raise InvalidInput(
-            f"period '{in_period}' is not among the reported ones ({labels[1]} … {labels[-1]})"
-        )
-    ctx.stage_periods(spans)
+    idx = reported_period(ctx, in_period, period, periods)
     jsonb = ctx.tx.dialect.name == "postgres"
     build_members = members(jsonb)
-    idx = labels.index(in_period)
 
     def build(as_of: ir.TimestampValue) -> ir.Table:
         m = build_members(as_of)

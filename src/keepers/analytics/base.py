@@ -150,6 +150,19 @@ def complete_periods(as_of: datetime, unit: str, count: int) -> list[Period]:
     return [Period(label(s, unit), s, shift(s, unit, 1)) for s in starts]
 
 
+def reported_period(ctx: Context, in_period: str, unit: str, count: int) -> int:
+    """Stage the periods a report with a leading period shows, and the index of one of
+    them by its label (for the customers behind its numbers)."""
+    spans = complete_periods(ctx.as_of, unit, count + 1)
+    labels = [s.label for s in spans]
+    if in_period not in labels[1:]:
+        raise InvalidInput(
+            f"period '{in_period}' is not among the reported ones ({labels[1]} … {labels[-1]})"
+        )
+    ctx.stage_periods(spans)
+    return labels.index(in_period)
+
+
 def active_events(as_of: ir.TimestampValue, *, jsonb: bool = False) -> ir.Table:
     """Events the customer did (not passive system events), up to `as_of`."""
     events = events_table(jsonb=jsonb)

@@ -25,6 +25,7 @@ from keepers.analytics.base import (
     live_orders,
     need_history,
     ratio,
+    reported_period,
     stage_at,
     stays,
 )
@@ -145,16 +146,9 @@ def who(
 ) -> Any:
     if group not in GROUPS:
         raise InvalidInput(f"group must be one of {', '.join(GROUPS)}, not '{group}'")
-    spans = complete_periods(ctx.as_of, period, periods + 1)
-    labels = [s.label for s in spans]
-    if in_period not in labels[1:]:
-        raise InvalidInput(
-            f"period '{in_period}' is not among the reported ones ({labels[1]} … {labels[-1]})"
-        )
-    ctx.stage_periods(spans)
+    idx = reported_period(ctx, in_period, period, periods)
     churned = _churned_stage(ctx)
     build_members = members(churned)
-    idx = labels.index(in_period)
 
     def build(as_of: ir.TimestampValue) -> ir.Table:
         m = build_members(as_of)
