@@ -499,3 +499,18 @@ def test_fitting_simulated_data_recovers_the_parameters(r, alpha, a, b, seed):
     assert np.mean(fitted.conditional_expected_purchases(52, x, t_x, age)) == pytest.approx(
         np.mean(truth.conditional_expected_purchases(52, x, t_x, age)), rel=0.1
     )
+
+
+@pytest.mark.parametrize(("module", "fit"), [(bgnbd, fit_bgnbd), (pareto_nbd, fit_pareto_nbd)])
+def test_the_large_data_path_finds_the_same_optimum(monkeypatch, module, fit):
+    """Above WARM_START_ROWS distinct rows a sample's optimum and curvature start a whitened
+    search; it must land where the plain search from the default start does. (The threshold
+    is lowered here so that the test stays small.)"""
+    x, t_x, age = simulate_bgnbd(np.random.default_rng(7), 8_000, 0.243, 4.414, 0.793, 2.426)
+    monkeypatch.setattr(module, "WARM_START_ROWS", 2_000)
+    warm = fit(x, t_x, age)
+    monkeypatch.setattr(module, "WARM_START_ROWS", 10**9)
+    plain = fit(x, t_x, age)
+    assert warm.model.as_dict() == pytest.approx(plain.model.as_dict(), rel=1e-5)
+    assert warm.log_likelihood == pytest.approx(plain.log_likelihood, rel=1e-12, abs=1e-6)
+    assert warm.iterations < plain.iterations

@@ -35,9 +35,12 @@ Gradient (analytic). With :math:`\sigma = e^{A_4} / (e^{A_3} + e^{A_4})` (0 when
     \partial_b \ln L &= \psi(a+b) + \psi(b+x) - \psi(b) - \psi(a+b+x) - \sigma / (b+x-1)
 
 and the chain rule :math:`\partial_{\ln\theta} = \theta\,\partial_\theta` for the log-parameters
-the optimiser works on. Terms that depend on x alone are evaluated once per distinct x, and
-identical (x, t_x, T) rows are merged with a count, so a million customers cost a few
-tens of thousands of rows.
+the optimiser works on. Terms that depend on x alone are evaluated once per distinct x,
+customers without repeat purchases are counted per distinct T, and identical (x, t_x, T)
+rows of repeat buyers are merged with a count, so a million customers summarised from
+dated transactions cost some 100,000 rows. Above 20,000 rows a fit on a fixed sample of
+20,000 customers gives the start and, by central differences of the analytic gradient, the
+Hessian that whitens the full search (about 4 L-BFGS-B iterations instead of 15).
 
 Predictions:
 
@@ -67,9 +70,11 @@ from keepers.models._fitting import (
     as_weights,
     check_rft,
     compress_rows,
+    dot,
     maximise,
     require_enough,
     sample_customers,
+    warm_start,
 )
 
 NAME = "BG/NBD"
@@ -155,15 +160,23 @@ def fit_bgnbd(
     require_enough(NAME, round(customers), round(float(w[x > 0].sum())))
     data = _Data.build(x, t_x, age, w, weighted=weights is not None)
     start = _start(x, age, w)
+    curvature = None
     if data.rows > WARM_START_ROWS:
         # a fixed random sample of the customers gives a starting point close to the optimum
         rows = sample_customers(w, WARM_START_ROWS)
         sample = _Data.build(x[rows], t_x[rows], age[rows], np.ones(len(rows)), weighted=False)
-        start, _, _ = maximise(
+        # ... and its curvature whitens the full search: a few more steps, not a dozen
+        start, curvature = warm_start(
             NAME, PARAMS, sample.objective, start, shapes=SHAPES, hint=DEGENERATE_HINT
         )
     params, mean_nll, iterations = maximise(
-        NAME, PARAMS, data.objective, start, shapes=SHAPES, hint=DEGENERATE_HINT
+        NAME,
+        PARAMS,
+        data.objective,
+        start,
+        shapes=SHAPES,
+        hint=DEGENERATE_HINT,
+        curvature=curvature,
     )
     return ModelFit(
         model=BGNBDModel(*map(float, params)),
@@ -186,7 +199,7 @@ def log_likelihood_gradient(
 
 def _start(x: FloatArray, age: FloatArray, w: FloatArray) -> FloatArray:
     """r = 1, alpha from the mean purchase rate, a = b = 1."""
-    rate = float(w @ x + 1) / float(w @ age + 1)
+    rate = (dot(w, x) + 1) / (dot(w, age) + 1)
     return np.array([1.0, 1.0 / rate, 1.0, 1.0])
 
 
@@ -262,21 +275,21 @@ class _Data:
         r, alpha, a, b = np.exp(log_params)
         xs, w_by_x, total = self.xs, self.w_by_x, self.total
         # A1 + A2: per distinct x
-        ll = float(w_by_x @ (gammaln(r + xs) + gammaln(b + xs) - gammaln(a + b + xs)))
+        ll = dot(w_by_x, gammaln(r + xs) + gammaln(b + xs) - gammaln(a + b + xs))
         ll += total * (r * np.log(alpha) - gammaln(r) + gammaln(a + b) - gammaln(b))
-        psi_abx = float(w_by_x @ digamma(a + b + xs))
-        d_r = float(w_by_x @ digamma(r + xs)) + total * (np.log(alpha) - digamma(r))
+        psi_abx = dot(w_by_x, digamma(a + b + xs))
+        d_r = dot(w_by_x, digamma(r + xs)) + total * (np.log(alpha) - digamma(r))
         d_alpha = total * r / alpha
         d_a = total * digamma(a + b) - psi_abx
-        d_b = float(w_by_x @ digamma(b + xs)) + total * (digamma(a + b) - digamma(b)) - psi_abx
+        d_b = dot(w_by_x, digamma(b + xs)) + total * (digamma(a + b) - digamma(b)) - psi_abx
 
         # A3 = -(r + x) ln(alpha + T), summed per distinct T (both kinds of customer)
         log_time = np.log(alpha + self.times)
         inv_time = 1.0 / (alpha + self.times)
         w_age = self.zero_w_by_time + self.w_by_age
-        ll -= r * float(w_age @ log_time) + float(self.wx_by_age @ log_time)
-        d_r -= float(w_age @ log_time)
-        d_alpha -= r * float(w_age @ inv_time) + float(self.wx_by_age @ inv_time)
+        ll -= r * dot(w_age, log_time) + dot(self.wx_by_age, log_time)
+        d_r -= dot(w_age, log_time)
+        d_alpha -= r * dot(w_age, inv_time) + dot(self.wx_by_age, inv_time)
 
         # repeat buyers: + softplus(A4 - A3),
         # A4 - A3 = ln a - ln(b+x-1) + (r+x) ln((alpha+T)/(alpha+t_x))
@@ -286,14 +299,14 @@ class _Data:
             log_ratio = log_time[self.i_age] - log_time[self.i_tx]
             diff = (np.log(a) - log_b_x1)[self.ix] + rx * log_ratio
             small = np.exp(-np.abs(diff))
-            ll += float(self.w @ (np.maximum(diff, 0.0) + np.log1p(small)))
+            ll += dot(self.w, np.maximum(diff, 0.0) + np.log1p(small))
             sigma = np.where(diff >= 0, 1.0, small) / (1.0 + small)
             ws = self.w * sigma
-            d_r += float(ws @ log_ratio)
-            d_alpha += float((ws * rx) @ (inv_time[self.i_age] - inv_time[self.i_tx]))
+            d_r += dot(ws, log_ratio)
+            d_alpha += dot(ws * rx, inv_time[self.i_age] - inv_time[self.i_tx])
             d_a += float(ws.sum()) / a
             ws_by_x = np.bincount(self.ix, weights=ws, minlength=len(xs))
-            d_b -= float(ws_by_x @ np.exp(-log_b_x1))
+            d_b -= dot(ws_by_x, np.exp(-log_b_x1))
 
         grad = np.array([d_r * r, d_alpha * alpha, d_a * a, d_b * b])
         return -ll / total, -grad / total

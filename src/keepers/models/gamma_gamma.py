@@ -45,6 +45,8 @@ from keepers.models._fitting import (
     FloatArray,
     ModelFit,
     as_float_array,
+    as_weights,
+    dot,
     maximise,
 )
 
@@ -117,7 +119,7 @@ def fit_gamma_gamma(
             f"frequency and monetary_value must have the same length; got {len(x_all)} and "
             f"{len(m_all)}"
         )
-    w_all = np.ones(len(x_all)) if weights is None else as_float_array(weights, "weights")
+    w_all = np.ones(len(x_all)) if weights is None else as_weights(weights, len(x_all))
     keep = x_all > 0
     x, m, w = x_all[keep], m_all[keep], w_all[keep]
     buyers = round(float(w.sum()))
@@ -128,7 +130,7 @@ def fit_gamma_gamma(
         )
     _repeat_buyers(x, m, strict=True)
     correlation = _weighted_correlation(x, m, w)
-    mean_m = float(w @ m / w.sum())
+    mean_m = dot(w, m) / float(w.sum())
     params, mean_nll, iterations = maximise(
         NAME,
         PARAMS,
@@ -197,11 +199,14 @@ def _objective(x: FloatArray, m: FloatArray, w: FloatArray):
         log_vxm = np.log(v + xm)
         psi_pxq = digamma(px + q)
         ll = float(
-            w @ (gammaln(px + q) - gammaln(px) + (px - 1) * log_m + px * log_x - (px + q) * log_vxm)
+            dot(
+                w,
+                gammaln(px + q) - gammaln(px) + (px - 1) * log_m + px * log_x - (px + q) * log_vxm,
+            )
         ) + total * (q * np.log(v) - gammaln(q))
-        d_p = float(w @ (x * (psi_pxq - digamma(px) + log_m + log_x - log_vxm)))
-        d_q = float(w @ (psi_pxq - log_vxm)) + total * (np.log(v) - digamma(q))
-        d_v = total * q / v - float(w @ ((px + q) / (v + xm)))
+        d_p = dot(w, x * (psi_pxq - digamma(px) + log_m + log_x - log_vxm))
+        d_q = dot(w, psi_pxq - log_vxm) + total * (np.log(v) - digamma(q))
+        d_v = total * q / v - dot(w, (px + q) / (v + xm))
         grad = np.array([d_p * p, d_q * q, d_v * v])
         return -ll / total, -grad / total
 
@@ -210,7 +215,7 @@ def _objective(x: FloatArray, m: FloatArray, w: FloatArray):
 
 def _weighted_correlation(x: FloatArray, m: FloatArray, w: FloatArray) -> float:
     """Pearson correlation of frequency and average spend (0 when either is constant)."""
-    mx, mm = w @ x / w.sum(), w @ m / w.sum()
-    cov = w @ ((x - mx) * (m - mm))
-    var = (w @ (x - mx) ** 2) * (w @ (m - mm) ** 2)
+    mx, mm = dot(w, x) / w.sum(), dot(w, m) / w.sum()
+    cov = dot(w, (x - mx) * (m - mm))
+    var = dot(w, (x - mx) ** 2) * dot(w, (m - mm) ** 2)
     return float(cov / np.sqrt(var)) if var > 0 else 0.0

@@ -35,6 +35,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from keepers.errors import InvalidInput, KeepersError
 from keepers.models.bgnbd import BGNBDModel, fit_bgnbd
@@ -81,9 +82,12 @@ def fit_transactions(
         "time_unit": time_unit,
         "horizon": horizon,
     }
-    fits, models, warnings = _fit_models(summary)
-    result.update(fits)
-    result["predictions"] = _predictions(summary, models, horizon, time_unit)
+    # The optimisers' small BLAS calls run far slower with OpenBLAS threads when the
+    # machine is busy (10x seen on two cores), and gain nothing from them.
+    with threadpool_limits(limits=1, user_api="blas"):
+        fits, models, warnings = _fit_models(summary)
+        result.update(fits)
+        result["predictions"] = _predictions(summary, models, horizon, time_unit)
     result["warnings"] = warnings
     result["seconds"] = {"read": round(read_s, 3), "total": round(time.perf_counter() - started, 3)}
     return result
