@@ -486,9 +486,10 @@ def demo(
     if as_json:
         _print_json({**summary, "write_key": write_key})
     else:
-        lifecycle = summary.pop("lifecycle")
+        lifecycle, numbers = summary.pop("lifecycle"), summary.pop("headline")
         _summary_table(summary, f"Demo business ({customers:,} customers, seed {seed})")
         _stages_tables(lifecycle)
+        _headline(numbers)
         if write_key:
             out.print(f"write key 'demo': [bold]{write_key}[/bold] (shown once)", highlight=False)
     if serve_after:
@@ -887,6 +888,14 @@ def report(
         _print_json(result)
         return
     _print_report(result)
+
+
+def _headline(numbers: dict[str, Any]) -> None:
+    table = Table("", "", title=f"Headline numbers ({numbers['month']}; more: keepers report)")
+    for key, value in numbers.items():
+        if key != "month":
+            table.add_row(key.replace("_", " "), _cell(value))
+    out.print(table)
 
 
 def _print_report(result: dict[str, Any]) -> None:

@@ -246,3 +246,16 @@ def test_a_second_demo_on_a_served_database_says_what_to_do(served_duckdb):
     )
     assert result.returncode == 1
     assert "in use by a running Keepers server" in result.stderr and "--db" in result.stderr
+
+
+def test_demo_prints_headline_numbers_from_the_reports(tmp_path):
+    db = str(tmp_path / "demo.duckdb")
+    result = run("demo", "--no-serve", "--customers", "300", "--json", "--db", db)
+    assert result.exit_code == 0, result.output
+    headline = json.loads(result.stdout)["headline"]
+    churn = json.loads(run("report", "churn", "--periods", "1", "--json", "--db", db).stdout)
+    (month,) = churn["periods"]
+    assert headline["month"] == month["period"]
+    assert headline["churn_rate"] == month["churn_rate"]
+    health = json.loads(run("report", "health", "--json", "--db", db).stdout)
+    assert headline["average_health"] == health["average"]

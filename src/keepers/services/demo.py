@@ -38,6 +38,7 @@ def load_demo(
         summary["demo_seconds"] = round(time.perf_counter() - started, 1)
         summary["demo_loaded_earlier"] = loaded
         summary["lifecycle"] = lifecycle
+        summary["headline"] = headline(keepers)
         names = {key.name for key in keepers.list_write_keys()}
         write_key = None if "demo" in names else keepers.create_write_key("demo")[1]
     except BaseException:
@@ -58,6 +59,23 @@ def _compute_lifecycle(keepers: Keepers, *, rebuild_history: bool) -> dict[str, 
             service.compute(backfill_since=since, every="week")
     service.compute()
     return service.stages()
+
+
+def headline(keepers: Keepers) -> dict[str, Any]:
+    """A handful of numbers from the analytics reports: what `keepers report` goes into."""
+    service = keepers.lifecycle
+    (month,) = service.report("churn", periods=1)["periods"]
+    rfm = {s["segment"]: s["customers"] for s in service.report("rfm")["segments"]}
+    health = service.report("health")
+    return {
+        "month": month["period"],
+        "churn_rate": month["churn_rate"],
+        "retention_rate": month["retention_rate"],
+        "net_revenue_retention": month["net_revenue_retention"],
+        "rfm_champions": rfm["champions"],
+        "rfm_at_risk": rfm["at_risk"] + rfm["cant_lose"],
+        "average_health": health["average"],
+    }
 
 
 def _remove_demo_database(settings: Settings) -> None:
