@@ -51,7 +51,7 @@ clv_app = typer.Typer(
 )
 app.add_typer(clv_app, name="clv")
 
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -828,7 +828,7 @@ def definitions_history(db: DbOption = None, as_json: JsonOption = False) -> Non
 # --- reports -------------------------------------------------------------------------------------
 
 REPORT_NAMES = (
-    "funnel|churn|retention|cohorts|lifecycle|rfm|clv|health|personas|cross-sell|replenishment"
+    "funnel|churn|retention|cohorts|lifecycle|rfm|clv|health|churn-risk|personas|cross-sell|replenishment"
 )
 
 
@@ -898,29 +898,49 @@ def _headline(numbers: dict[str, Any]) -> None:
     out.print(table)
 
 
-def _print_report(result: dict[str, Any]) -> None:
-    """Any report for people: its scalars on a line, each list of rows as a table."""
+def _print_report(result: dict[str, Any], title: str = "") -> None:
+    """Any report for people: its scalars on a line, each list of rows as a table, each
+    nested section the same way under its name."""
     scalars = {k: v for k, v in result.items() if not isinstance(v, list | dict) and v is not None}
-    out.print("  ".join(f"{k}: {_cell(v)}" for k, v in scalars.items()))
+    if scalars:
+        line = "  ".join(f"{k}: {_cell(v)}" for k, v in scalars.items())
+        out.print(f"[bold]{title}[/bold]  {line}" if title else line)
     for key, value in result.items():
-        if isinstance(value, dict):
-            value = [value] if value and not isinstance(next(iter(value.values())), list) else []
+        name = f"{title} {key}".strip().replace("_", " ")
+        if isinstance(value, dict) and value:
+            if all(isinstance(v, dict) for v in value.values()):  # named rows
+                value = [{"": k, **v} for k, v in value.items()]
+            elif any(isinstance(v, list | dict) for v in value.values()):
+                _print_report(value, name)
+                continue
+            else:
+                value = [value]
         if isinstance(value, list) and value and isinstance(value[0], dict):
             columns = [c for c in value[0] if not isinstance(value[0][c], dict)]
-            table = Table(*columns, title=key.replace("_", " "))
+            table = Table(*columns, title=name)
             for row in value:
                 table.add_row(*(_cell(row.get(c)) for c in columns))
             out.print(table)
 
 
 def _cell(value: Any) -> str:
+    """One value in a few characters: numbers rounded, moments to the minute, a list of
+    rows as 'label number' pairs."""
     if value is None:
         return "–"
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 10 else f"{value:,.2f}"
+    if isinstance(value, str) and len(value) > 19 and value[10:11] == "T" and value[:4].isdigit():
+        return value[:16].replace("T", " ")
     if isinstance(value, list):
-        return " ".join(_cell(v) for v in value)
+        return ", ".join(_labelled(v) if isinstance(v, dict) else _cell(v) for v in value)
     return str(value)
+
+
+def _labelled(row: dict[str, Any]) -> str:
+    label = next((v for v in row.values() if isinstance(v, str)), "")
+    number = next((v for v in row.values() if isinstance(v, int | float)), None)
+    return f"{label} {_cell(number)}".strip()
 
 
 # --- clv -----------------------------------------------------------------------------------------

@@ -56,3 +56,11 @@ def test_every_cli_option_is_documented():
         if opt not in README
     ]
     assert missing == []
+
+
+def test_every_report_is_documented() -> None:
+    from keepers.services.analytics import REPORTS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [name for name in REPORTS if f"`{name}`" not in readme]
+    assert not missing, f"reports missing from the README: {missing}"

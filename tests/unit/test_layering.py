@@ -17,6 +17,7 @@ LAYERS = {
     "ingest": 3,
     "demo": 3,
     "engine": 3,
+    "delivery": 3,  # channels (SMTP, webhooks, ad audiences): one outbox row → one attempt
     "analytics": 3.5,  # reports: queries over the store that reuse the engine's compiled traits
     "services": 4,
     "web": 5,

@@ -77,6 +77,12 @@ BUILTIN_TRAITS: tuple[BuiltinTrait, ...] = (
     BuiltinTrait("unsubscribed", "bool", "sent 'Unsubscribed'"),
     BuiltinTrait("nps", "number", "score of the last 'NPS Survey Answered'"),
     BuiltinTrait("referrals_made", "number", "'Referral Converted' events: friends brought in"),
+    BuiltinTrait(
+        "p_alive",
+        "number",
+        "probability the customer is still buying (BG/NBD on everyone's orders); none before "
+        "the first order",
+    ),
 )
 BUILTIN_KEYS = frozenset(t.key for t in BUILTIN_TRAITS)
 

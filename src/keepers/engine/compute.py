@@ -30,6 +30,7 @@ from typing import Any
 import ibis
 import pyarrow as pa
 
+from keepers.engine.clv import attach_purchase_model
 from keepers.engine.plan import (
     SEGMENT_ALL,
     TS,
@@ -117,6 +118,7 @@ def run_compute(
     computed elsewhere (Spark); the store then only applies the difference."""
     started = time.perf_counter()
     as_of = utc(as_of)
+    attach_purchase_model(tx, plan, as_of)
     if tx.dialect.name == "postgres":
         tx.execute("SELECT pg_advisory_xact_lock(?)", [COMPUTE_LOCK])
     last = last_run(tx)
@@ -470,6 +472,7 @@ def evaluate_as_of(tx: Tx, plan: Plan, as_of: datetime) -> str:
     """Everyone's traits, stage and segments as of a moment, into the temp table it names,
     without touching the stored state (`--as-of`)."""
     as_of = utc(as_of)
+    attach_purchase_model(tx, plan, as_of)
 
     def state(at: Any) -> Any:
         evaluated = plan.evaluate(plan.traits(at, jsonb=_jsonb(tx)), at)

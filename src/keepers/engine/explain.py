@@ -11,6 +11,7 @@ from typing import Any
 import ibis
 
 from keepers.domain.rules import Call, Field, Node, source_of, walk
+from keepers.engine.clv import attach_purchase_model
 from keepers.engine.compile import explain_terms
 from keepers.engine.compute import (
     affected_traits,
@@ -25,6 +26,7 @@ from keepers.store.database import Tx
 def explain_customer(tx: Tx, plan: Plan, customer_id: int, as_of: datetime) -> dict[str, Any]:
     """Traits, stage rules and segments of one customer as of a moment."""
     as_of = utc(as_of)
+    attach_purchase_model(tx, plan, as_of)
     temp_table(tx, "_kp_affected", f"SELECT CAST({int(customer_id)} AS BIGINT) AS customer_id")
     traits_sql = render(tx, plan, "affected", lambda t: affected_traits(tx, plan, t), as_of)
     temp_table(tx, "_kp_one", traits_sql)
@@ -65,6 +67,8 @@ def explain_customer(tx: Tx, plan: Plan, customer_id: int, as_of: datetime) -> d
 def _traits(plan: Plan, row: dict[str, Any]) -> dict[str, Any]:
     names = [c for c in plan.state_schema() if not c.startswith("_") and c != "customer_id"]
     names += list(DAYS_SINCE)
+    if plan.uses_p_alive:
+        names.append("p_alive")
     traits = {name: _plain(row.get(name)) for name in names}
     for name, column in plan.profile_traits.items():
         traits[name] = _plain(row.get(column))

@@ -29,6 +29,7 @@ import ibis.expr.types as ir
 
 from keepers.domain.definitions import BUILTIN_TRAITS, Definitions, TraitDefinition
 from keepers.domain.rules import Call, FunctionSpec, Node, Scope, check, check_number, parse
+from keepers.engine.clv import p_alive_sql
 from keepers.engine.compile import (
     call_arguments,
     compile_condition,
@@ -37,6 +38,7 @@ from keepers.engine.compile import (
     references,
 )
 from keepers.errors import RuleError
+from keepers.models.bgnbd import BGNBDModel
 
 TS = "timestamp('UTC')"
 EVENT_COLUMNS = {
@@ -187,6 +189,8 @@ class Plan:
     segment_rules: dict[str, tuple[str, Node]] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # segment keys and "stage", evaluation order
     health_values: dict[str, tuple[str, Node]] = field(default_factory=dict)
+    uses_p_alive: bool = False  # a rule reads p_alive: the run must attach a purchase model
+    purchase_model: BGNBDModel | None = None
 
     # --- building -----------------------------------------------------------------------------
 
@@ -221,6 +225,7 @@ class Plan:
         fields = {t.key: t.type for t in BUILTIN_TRAITS}
         fields.update(self.user_traits)
         fields["health_score"] = "number"
+        fields["p_alive"] = "number"
         if with_stage:
             fields["stage"] = "string"
         return Scope(fields=fields, prefixes={"traits": "any"}, functions=FUNCTIONS)
@@ -234,6 +239,7 @@ class Plan:
             exc.args = (exc.message,)
             raise
         fields, calls = references(node)
+        self.uses_p_alive = self.uses_p_alive or "p_alive" in fields
         for name in fields:
             if name.startswith("traits."):
                 self.profile_traits.setdefault(name, _hidden("t", name))
@@ -335,8 +341,8 @@ class Plan:
         return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
     def fingerprint(self) -> str:
-        """Changes with any definition: the key of compiled queries."""
-        body = self.definitions.model_dump_json()
+        """Changes with any definition or purchase model: the key of compiled queries."""
+        body = self.definitions.model_dump_json() + repr(self.purchase_model)
         return hashlib.sha1(body.encode()).hexdigest()[:16]
 
     def windows(self) -> set[int]:
@@ -443,6 +449,14 @@ class Plan:
         for key, column in self.call_columns.items():
             if key[0] == "days_since":
                 derived[column + "_days"] = _days(epoch, state[_epoch_column(column)])
+        if self.uses_p_alive:
+            derived["p_alive"] = p_alive_sql(
+                self.purchase_model,
+                state.orders,
+                state[_epoch_column("first_order_at")],
+                state[_epoch_column("last_order_at")],
+                epoch,
+            )
         t = state.mutate(**derived)
         t = t.mutate(health_score=self.health_score(t))
         for name in self.order:

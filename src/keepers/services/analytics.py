@@ -13,7 +13,18 @@ from typing import Any
 
 import ibis.expr.types as ir
 
-from keepers.analytics import activity, churn, cohorts, funnel, health, rfm
+from keepers.analytics import (
+    activity,
+    churn,
+    churn_model,
+    clv,
+    cohorts,
+    funnel,
+    health,
+    personas,
+    products,
+    rfm,
+)
 from keepers.analytics.base import CUSTOMERS, Context
 from keepers.engine.compute import utc
 from keepers.errors import InvalidInput
@@ -28,6 +39,11 @@ REPORTS: dict[str, Callable[..., dict[str, Any]]] = {
     "lifecycle": activity.lifecycle,
     "rfm": rfm.rfm,
     "health": health.health,
+    "clv": clv.clv,
+    "churn-risk": churn_model.churn_risk,
+    "personas": personas.personas,
+    "cross-sell": products.cross_sell,
+    "replenishment": products.replenishment,
 }
 WHO: dict[str, Callable[..., Any]] = {
     "funnel": funnel.who,
@@ -37,6 +53,11 @@ WHO: dict[str, Callable[..., Any]] = {
     "lifecycle": activity.who,
     "rfm": rfm.who,
     "health": health.who,
+    "clv": clv.who,
+    "churn-risk": churn_model.who,
+    "personas": personas.who,
+    "cross-sell": products.who_cross_sell,
+    "replenishment": products.who_replenishment,
 }
 MAX_WHO = 10_000
 
