@@ -50,6 +50,11 @@ clv_app = typer.Typer(
     help="Customer lifetime value models (BG/NBD, Pareto/NBD, Gamma-Gamma).", no_args_is_help=True
 )
 app.add_typer(clv_app, name="clv")
+journeys_app = typer.Typer(
+    help="Journeys: triggered sequences of waits, branches, emails and webhooks.",
+    no_args_is_help=True,
+)
+app.add_typer(journeys_app, name="journeys")
 
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -828,7 +833,8 @@ def definitions_history(db: DbOption = None, as_json: JsonOption = False) -> Non
 # --- reports -------------------------------------------------------------------------------------
 
 REPORT_NAMES = (
-    "funnel|churn|retention|cohorts|lifecycle|rfm|clv|health|churn-risk|personas|cross-sell|replenishment"
+    "funnel|churn|retention|cohorts|lifecycle|rfm|clv|health|churn-risk|personas|cross-sell|"
+    "replenishment"
 )
 
 
@@ -941,6 +947,174 @@ def _labelled(row: dict[str, Any]) -> str:
     label = next((v for v in row.values() if isinstance(v, str)), "")
     number = next((v for v in row.values() if isinstance(v, int | float)), None)
     return f"{label} {_cell(number)}".strip()
+
+
+# --- journeys ------------------------------------------------------------------------------------
+
+
+def _journeys(db: str | None, operation: str, **params: Any) -> Any:
+    from keepers.services.backends import open_backend
+
+    backend = open_backend(_existing(_settings(db)))
+    try:
+        return backend.journeys(operation, **params)
+    finally:
+        backend.close()
+
+
+JourneyKey = Annotated[str, typer.Argument(help="The journey key.")]
+
+
+@journeys_app.command("create")
+@friendly_errors
+def journeys_create(
+    file: Annotated[Path, typer.Argument(help="Journey file (YAML or JSON).")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a journey from a file, or save a new version when it changed (customers
+    already in it finish on their version)."""
+    from keepers.services.journeys import read_journey_file
+
+    result = _journeys(db, "save", body=read_journey_file(file), actor="cli")
+    if as_json:
+        _print_json(result)
+        return
+    verb = "saved" if result["changed"] else "unchanged:"
+    out.print(
+        f"journey {result['journey']} {verb} version {result['version']} ({result['summary']})"
+    )
+
+
+@journeys_app.command("list")
+@friendly_errors
+def journeys_list(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Every journey with its version, status, trigger and how many entered."""
+    result = _journeys(db, "list")
+    if as_json:
+        _print_json(result)
+        return
+    table = Table("journey", "version", "status", "trigger", "entered", "active", "goal")
+    for row in result:
+        trigger = ", ".join(f"{k}: {v}" for k, v in row["trigger"].items())
+        table.add_row(
+            row["journey"],
+            str(row["version"]),
+            row["status"],
+            trigger,
+            f"{row['entered']:,}",
+            f"{row['active']:,}",
+            f"{row['goal']:,}",
+        )
+    out.print(table)
+
+
+@journeys_app.command("show")
+@friendly_errors
+def journeys_show(key: JourneyKey, db: DbOption = None, as_json: JsonOption = False) -> None:
+    """A journey's definition and its versions."""
+    result = _journeys(db, "show", key=key)
+    if as_json:
+        _print_json(result)
+        return
+    import yaml
+
+    out.print(f"[bold]{key}[/bold] version {result['version']} ({result['status']})")
+    out.print(yaml.safe_dump(result["journey"], sort_keys=False), highlight=False)
+    for v in result["versions"]:
+        out.print(f"  v{v['version']} {v['at'][:16]} {v['actor']}: {v['summary']}")
+
+
+@journeys_app.command("status")
+@friendly_errors
+def journeys_status(
+    key: JourneyKey,
+    status: Annotated[str, typer.Argument(help="active, paused or archived.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pause a journey (nobody enters or moves on), resume it, or archive it."""
+    result = _journeys(db, "set_status", key=key, status=status)
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"journey {key} is {result['status']}")
+
+
+@journeys_app.command("run")
+@friendly_errors
+def journeys_run(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Advance every journey and deliver what is due now (the server does this on its own
+    every KEEPERS_JOURNEY_INTERVAL_S)."""
+    result = _journeys(db, "run")
+    if as_json:
+        _print_json(result)
+        return
+    a, d = result["advance"], result.get("delivery", {})
+    out.print(
+        f"entered {a['entered']}, skipped {a['skipped']}, moved {a['moved']}, queued "
+        f"{a['queued']}, goals {a['goals']}; delivered {d.get('sent', 0)}, retrying "
+        f"{d.get('retried', 0)}, failed {d.get('failed', 0)}, blocked {d.get('blocked', 0)}"
+    )
+
+
+@journeys_app.command("trace")
+@friendly_errors
+def journeys_trace(
+    key: JourneyKey,
+    customer: Annotated[str, typer.Argument(help="Customer id, user id, email or anonymous id.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Why a customer did (or did not) get this journey's messages: every decision."""
+    result = _journeys(db, "trace", key=key, customer=customer)
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"[bold]{key}[/bold] for customer {result['customer_id']}: {result['answer']}")
+    table = Table("at", "step", "decision", "detail")
+    for row in result["log"]:
+        table.add_row(_cell(row["at"]), row["step"] or "", row["decision"], row["detail"] or "")
+    out.print(table)
+    if result["messages"]:
+        _print_report({"messages": result["messages"]})
+
+
+@journeys_app.command("stats")
+@friendly_errors
+def journeys_stats(key: JourneyKey, db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Entered, statuses, goal reached, holdout uplift, and counts per step."""
+    result = _journeys(db, "stats", key=key)
+    if as_json:
+        _print_json(result)
+        return
+    _print_report(result)
+
+
+@app.command()
+@friendly_errors
+def consent(
+    customer: Annotated[str, typer.Argument(help="Customer id, user id or email.")],
+    status: Annotated[str, typer.Option(help="granted or withdrawn.")],
+    list_id: Annotated[str, typer.Option("--list", help="The email list.")] = "marketing",
+    channel: Annotated[str, typer.Option(help="email or audience.")] = "email",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Record a customer's consent (or its withdrawal) for a list and channel."""
+    result = _journeys(
+        db,
+        "set_consent",
+        customer=customer,
+        list_id=list_id,
+        status=status,
+        channel=channel,
+        source="cli",
+    )
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"customer {result['customer_id']}: {channel} consent for {list_id} {status}")
 
 
 # --- clv -----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Priority: arguments > environment > `.env` > `keepers.toml` (or the file named b
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,90 @@ class Settings(BaseSettings):
         description="How often `keepers serve` brings stages and segments up to date "
         "(an incremental compute); 0 turns the schedule off.",
     )
+
+    journey_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="How often `keepers serve` advances journeys and drains the outbox; "
+        "0 turns it off.",
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="Address customers reach this server at: unsubscribe and preference "
+        "links in emails point here (use https in production; RFC 8058 requires it).",
+    )
+    email_from: str = Field(
+        "Keepers <noreply@keepers.invalid>",
+        description="From address of journey emails; its domain also names Message-IDs.",
+    )
+    smtp_host: str | None = Field(
+        None, description="SMTP relay for journey emails; unset, emails wait in the outbox."
+    )
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP relay port (587, 465, 25).")
+    smtp_security: str = Field(
+        "none", description="none, starttls (port 587) or tls (implicit TLS, port 465)."
+    )
+    smtp_username: str | None = Field(None, description="SMTP login (needs TLS).")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password.")
+    smtp_timeout_s: float = Field(30.0, gt=0, description="SMTP connect and reply timeout.")
+    dkim_selector: str | None = Field(
+        None, description="DKIM selector; with the two below, emails are signed."
+    )
+    dkim_domain: str | None = Field(None, description="DKIM signing domain (d=).")
+    dkim_private_key_file: str | None = Field(None, description="PEM file of the DKIM private key.")
+    consent_mode: str = Field(
+        "opt_out",
+        description="opt_out: marketing email goes to customers who have not withdrawn "
+        "consent (soft opt-in); opt_in: only to customers with a granted consent record.",
+    )
+    frequency_cap: int = Field(
+        3, ge=0, description="Most marketing emails per customer in 7 days; 0 = no cap."
+    )
+    quiet_hours: str = Field(
+        "21-8",
+        description="Local hours (customer's `timezone` trait) when marketing email waits, "
+        "as START-END; empty for none.",
+    )
+    default_timezone: str = Field(
+        "UTC", description="Time zone of customers without a `timezone` trait."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Standard Webhooks signing secret (whsec_…); unset, Keepers makes one "
+        "and keeps it in the store (`keepers journeys webhook-secret` shows it).",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Let webhooks reach private, loopback and link-local addresses (tests, "
+        "intranet receivers); off by default against SSRF.",
+    )
+    delivery_give_up_hours: float = Field(
+        96.0,
+        gt=0,
+        description="How long transient delivery failures are retried (RFC 5321: 4-5 days).",
+    )
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"([01]?\d|2[0-3])-([01]?\d|2[0-3])", value):
+            raise ValueError("quiet_hours must be START-END in whole hours (e.g. 21-8), or empty")
+        return value
+
+    @field_validator("smtp_security")
+    @classmethod
+    def _security(cls, value: str) -> str:
+        if value not in ("none", "starttls", "tls"):
+            raise ValueError("smtp_security must be none, starttls or tls")
+        return value
+
+    @field_validator("consent_mode")
+    @classmethod
+    def _consent(cls, value: str) -> str:
+        if value not in ("opt_in", "opt_out"):
+            raise ValueError("consent_mode must be opt_in or opt_out")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -19,6 +19,7 @@ LAYERS = {
     "engine": 3,
     "delivery": 3,  # channels (SMTP, webhooks, ad audiences): one outbox row → one attempt
     "analytics": 3.5,  # reports: queries over the store that reuse the engine's compiled traits
+    "journeys": 3.6,  # enroll and advance journeys, the outbox worker: rules through the engine
     "services": 4,
     "web": 5,
     "cli": 6,  # the outermost layer: it starts the web app

@@ -88,9 +88,7 @@ def _value(ctx: Context, horizon_days: int, months: int, monthly_discount: float
     orders = column["orders"].astype(np.float64)
     x, t_x, age = rft(orders, column["first"], column["last"], ctx.as_of.timestamp())
     revenue = column["revenue"].astype(np.float64)
-    repeat_value = np.divide(
-        revenue - column["first_value"], x, out=np.zeros_like(x), where=x > 0
-    )
+    repeat_value = np.divide(revenue - column["first_value"], x, out=np.zeros_like(x), where=x > 0)
     warnings: list[str] = []
     spend = gg = None
     with threadpool_limits(limits=1, user_api="blas"):
@@ -262,4 +260,3 @@ def who(
         return j.filter(s.stage == stage).select(*[v[c] for c in shown])
 
     return ("clv_who_stage", table, stage), in_stage
-

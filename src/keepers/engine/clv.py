@@ -119,4 +119,3 @@ def p_alive_sql(
     alive = 1.0 / (1.0 + capped.exp())
     no_orders = orders.isnull() | (orders < 1)
     return ibis.cases((no_orders, ibis.null("float64")), (x > 0, alive), else_=1.0)
-

@@ -247,6 +247,44 @@ class Plan:
             self._register_call(call, rule, what)
         return node
 
+    def read_only_rule(self, rule: str, what: str) -> Node:
+        """A rule over what this plan already computes (journey rules): fields, `stage`,
+        `in_segment()` and the aggregate calls and `traits.*` the definitions already use.
+        Anything that would need a new aggregate is refused with what to do instead."""
+        try:
+            node = parse(rule)
+            check(node, rule, self.scope(with_stage=True))
+        except RuleError as exc:
+            exc.message = f"{what}: {exc.message}"
+            exc.args = (exc.message,)
+            raise
+        fields, calls = references(node)
+        for name in fields:
+            if name.startswith("traits.") and name not in self.profile_traits:
+                raise RuleError(
+                    f"{what}: '{name}' is not read by any lifecycle rule; define a trait for it "
+                    "(or use it in a segment) first",
+                    source=rule,
+                )
+        for call in calls:
+            known = (
+                call.name == "in_segment" and str(literal_value(call.args[0])) in self.segment_rules
+            ) or (call.name != "in_segment" and _call_key(call) in self.call_columns)
+            if not known:
+                raise RuleError(
+                    f"{what}: {call.name}(…) is not computed by the lifecycle definitions; "
+                    "define it as a trait (or a segment) and use that name",
+                    source=rule,
+                    position=call.start,
+                    length=call.end - call.start,
+                )
+        self.uses_p_alive = self.uses_p_alive or "p_alive" in fields
+        return node
+
+    def condition(self, t: ir.Table, node: Node) -> ir.BooleanValue:
+        """A rule as a filter over an evaluated table: never NULL."""
+        return self._condition(t, node)
+
     def _register_call(self, call: Call, rule: str, what: str) -> None:
         bound = call_arguments(call, FUNCTIONS[call.name])
         if call.name == "in_segment":

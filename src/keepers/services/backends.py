@@ -23,6 +23,7 @@ class Backend(Protocol):
     def list_write_keys(self) -> list[dict[str, Any]]: ...
     def ingest(self, messages: list[dict[str, Any]], source: str) -> IngestReport: ...
     def lifecycle(self, operation: str, **params: Any) -> Any: ...
+    def journeys(self, operation: str, **params: Any) -> Any: ...
     def close(self) -> None: ...
 
 
@@ -71,6 +72,10 @@ class LocalBackend:
     def lifecycle(self, operation: str, **params: Any) -> Any:
         """One `LifecycleService` operation, run here."""
         return getattr(self.keepers.lifecycle, operation)(**params)
+
+    def journeys(self, operation: str, **params: Any) -> Any:
+        """One `JourneyService` operation, run here."""
+        return getattr(self.keepers.journeys, operation)(**params)
 
     def close(self) -> None:
         self.keepers.close()
@@ -124,6 +129,11 @@ class RemoteBackend:
         method, path, query, body = _route(operation, params)
         return self._call(method, path, params=query, json=body)
 
+    def journeys(self, operation: str, **params: Any) -> Any:
+        """The same journey operation through the server's REST API."""
+        method, path, body = _journey_route(operation, params)
+        return self._call(method, path, json=body)
+
     def close(self) -> None:
         self._http.close()
 
@@ -164,6 +174,34 @@ def _route(operation: str, p: dict[str, Any]) -> tuple[str, str, dict | None, di
         "definitions_history": "/api/definitions/history",
     }
     return "GET", fixed[operation], None, None
+
+
+def _journey_route(operation: str, p: dict[str, Any]) -> tuple[str, str, dict | None]:
+    """(method, path, body) of a journey operation in the REST API."""
+    from urllib.parse import quote
+
+    key = quote(str(p.get("key", "")), safe="")
+    if operation == "save":
+        return "POST", "/api/journeys", p["body"]
+    if operation == "set_status":
+        return "PUT", f"/api/journeys/{key}/status", {"status": p["status"]}
+    if operation == "trace":
+        return "GET", f"/api/journeys/{key}/trace/{quote(p['customer'], safe='')}", None
+    if operation == "set_consent":
+        body = {
+            "customer": str(p["customer"]),
+            "list": p["list_id"],
+            "status": p["status"],
+            "channel": p.get("channel", "email"),
+            "source": p.get("source", "cli"),
+        }
+        return "PUT", "/api/consent", body
+    if operation == "run":
+        return "POST", "/api/journeys/run", None
+    if operation in ("show", "stats"):
+        suffix = "/stats" if operation == "stats" else ""
+        return "GET", f"/api/journeys/{key}{suffix}", None
+    return "GET", "/api/journeys", None
 
 
 def open_backend(settings: Settings) -> Backend:

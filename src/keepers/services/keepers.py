@@ -18,6 +18,7 @@ from keepers.engine.compute import ComputeReport
 from keepers.errors import Overloaded, Unauthorized
 from keepers.ingest.writer import GroupCommitWriter, Job, JobResult, commit_jobs, utcnow
 from keepers.services import lifecycle
+from keepers.services.journeys import JourneyService
 from keepers.settings import Settings
 from keepers.store import Database, open_database
 from keepers.store.events import Rejection
@@ -196,6 +197,10 @@ class Keepers:
     def lifecycle(self) -> lifecycle.LifecycleService:
         spark = (self.settings.spark_master, self.settings.spark_driver_memory)
         return lifecycle.LifecycleService(self.db, self.clock, spark)
+
+    @property
+    def journeys(self) -> JourneyService:
+        return JourneyService(self.db, self.settings, self.clock)
 
     # --- reads ----------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The server's clock: an incremental compute every `compute_interval_s`, so stages,
-segments and change records follow the events without anyone running `keepers compute`.
+segments and change records follow the events without anyone running `keepers compute`;
+and every `journey_interval_s` a journey run (enroll, advance, deliver the outbox).
 
 One thread, one run at a time; a failed run is logged and retried at the next tick (the
 run is one transaction, so a failure leaves the previous state intact)."""
@@ -22,11 +23,20 @@ class ComputeScheduler:
         self.failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="keepers-compute", daemon=True)
+        self._journey_thread = threading.Thread(
+            target=self._journey_loop, name="keepers-journeys", daemon=True
+        )
 
     def start(self) -> ComputeScheduler:
         if self.interval_s > 0:
             self._thread.start()
+        if self.keepers.settings.journey_interval_s > 0:
+            self._journey_thread.start()
         return self
+
+    def _journey_loop(self) -> None:
+        while not self._stop.wait(self.keepers.settings.journey_interval_s):
+            self.journeys()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -49,7 +59,20 @@ class ComputeScheduler:
                 report.seconds,
             )
 
+    def journeys(self) -> None:
+        """Advance journeys and drain the outbox (on its own schedule)."""
+        try:
+            result = self.keepers.journeys.run()
+        except Exception:
+            self.failures += 1
+            log.exception("scheduled journey run failed; the next tick retries")
+            return
+        delivery = result.get("delivery", {})
+        if result["advance"]["moved"] or delivery.get("claimed"):
+            log.info("journeys: %s, delivery: %s", result["advance"], delivery)
+
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=60)
+        for thread in (self._thread, self._journey_thread):
+            if thread.is_alive():
+                thread.join(timeout=60)

@@ -15,6 +15,7 @@ from keepers.services.keepers import Keepers
 from keepers.services.scheduler import ComputeScheduler
 from keepers.settings import Settings
 from keepers.web.api import api_router
+from keepers.web.journeys_api import journeys_router, mail_router
 from keepers.web.lifecycle_api import lifecycle_router
 from keepers.web.responses import install_error_handlers
 from keepers.web.tracking import tracking_router
@@ -61,6 +62,8 @@ def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
     app.include_router(tracking_router(keepers))
     app.include_router(api_router(keepers, admin_token))
     app.include_router(lifecycle_router(keepers, admin_token))
+    app.include_router(journeys_router(keepers, admin_token))
+    app.include_router(mail_router(keepers))
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, Any]:
