@@ -134,6 +134,32 @@ class Settings(BaseSettings):
         description="Let webhooks reach private, loopback and link-local addresses (tests, "
         "intranet receivers); off by default against SSRF.",
     )
+    email_tracking: bool = Field(
+        True,
+        description="Rewrite links and add an open pixel so opens and clicks come back as "
+        "'Email Opened' / 'Email Link Clicked' events.",
+    )
+    meta_access_token: SecretStr | None = Field(
+        None, description="Meta Marketing API token for Custom Audience steps."
+    )
+    meta_api_base: str = Field(
+        "https://graph.facebook.com", description="Meta Graph API base URL (tests: a local one)."
+    )
+    google_ads_developer_token: SecretStr | None = Field(
+        None, description="Google Ads developer token for Customer Match steps."
+    )
+    google_ads_access_token: SecretStr | None = Field(
+        None, description="Google Ads OAuth access token."
+    )
+    google_ads_customer_id: str | None = Field(
+        None, description="Google Ads customer id (digits) that owns the user lists."
+    )
+    google_ads_login_customer_id: str | None = Field(
+        None, description="Manager account id, when the lists are reached through one."
+    )
+    google_ads_api_base: str = Field(
+        "https://googleads.googleapis.com", description="Google Ads API base URL."
+    )
     delivery_give_up_hours: float = Field(
         96.0,
         gt=0,

@@ -4,6 +4,7 @@ webhook, waits, branches, goals, consent and bounces — on DuckDB and PostgreSQ
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -31,7 +32,8 @@ WELCOME = {
             "id": "hello",
             "email": {
                 "subject": "Welcome, {{ traits.first_name or 'friend' }}",
-                "html": "<style>p{color:#333}</style><p>Thanks for order {{ orders }}!</p>" + UNSUB,
+                "html": "<style>p{color:#333}</style><p>Thanks for order {{ orders }}!</p>"
+                "<p><a href='https://shop.example/new?x=1&amp;y=2'>New in</a></p>" + UNSUB,
             },
         },
         {"id": "pause", "wait": "2d"},
@@ -137,6 +139,14 @@ def test_a_stage_triggered_journey_sends_real_email_once(shop: tuple) -> None:
     assert 'style="color: #333' in html or 'style="color:#333' in html  # CSS inlined
     assert "https://shop.example/u/" in html and "Thanks for order 1!" in html
     assert mail.get_body(("plain",)) is not None
+    # links go through the click endpoint, an open pixel is added, unsubscribe stays as is
+    clicks = re.findall(r'href="https://shop\.example/c/([^"]+)"', html)
+    pixels = re.findall(r'src="https://shop\.example/o/([^"]+)"', html)
+    assert len(clicks) == 1 and len(pixels) == 1
+    assert keepers.journeys.track(clicks[0], "click") == "https://shop.example/new?x=1&y=2"
+    assert keepers.journeys.track(pixels[0], "open") is None
+    hello = keepers.journeys.stats("welcome")["steps"]["hello"]
+    assert (hello["opened"], hello["clicked"], hello["messages_sent"]) == (1, 1, 3)
     trace = keepers.journeys.trace("welcome", "u0")
     assert [m["reference"] for m in trace["messages"]] == [mail["Message-ID"]]
     # running again sends nothing new: the enrollment waits, the outbox row is sent

@@ -99,3 +99,18 @@ def test_the_journeys_api(live_server) -> None:
         assert api.get("/api/journeys/nope/stats").status_code == 404
         run = api.post("/api/journeys/run")
         assert run.status_code == 200 and run.json()["advance"]["entered"] == 0
+
+
+def test_tracked_links_redirect_only_where_signed(live_server, customer) -> None:
+    from keepers.delivery.tracking import sign_link
+
+    secret = live_server.keepers.journeys.delivery_config().secret
+    click = sign_link(secret, "<ref@shop.example>", "https://shop.example/sale")
+    response = httpx.get(f"{live_server.url}/c/{click}")
+    assert response.status_code == 302
+    assert response.headers["location"] == "https://shop.example/sale"
+    pixel = httpx.get(f"{live_server.url}/o/{sign_link(secret, '<ref@shop.example>')}")
+    assert pixel.status_code == 200 and pixel.content.startswith(b"GIF89a")
+    evil = sign_link(b"x" * 32, "<r>", "https://evil.example")
+    forged = click.split(".")[0] + "." + evil.split(".")[1]
+    assert httpx.get(f"{live_server.url}/c/{forged}").status_code == 400

@@ -54,7 +54,7 @@ ACTIONS = (
     "task",
     "exit",
 )
-CHANNELS = ("email", "webhook", "audience", "task")  # steps that write an outbox row
+CHANNELS = ("email", "webhook", "audience", "update_trait")  # steps that write an outbox row
 
 
 def duration_seconds(text: str | int | float, field: str) -> float:

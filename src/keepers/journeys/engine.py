@@ -454,7 +454,7 @@ class _Runner:
             return n + self._move(
                 journey, version, step, following, f"NOT ({held})", "not held out", share
             )
-        if kind in CHANNELS:
+        if kind in (*CHANNELS, "task"):
             queued = self._queue(journey, version, step)
             self.report.count(journey.key, "queued", queued)
             return self._move(journey, version, step, following, decision=f"{kind} queued")
@@ -517,8 +517,8 @@ class _Runner:
                 ],
             )
             return tx.execute("SELECT count(*) FROM _kp_jdue")[0][0]
-        channel = step.kind
-        action = getattr(step, channel)
+        action = getattr(step, step.kind)
+        channel = "trait" if step.kind == "update_trait" else step.kind
         payload = json.dumps(action.model_dump(mode="json", by_alias=True, exclude_none=True))
         base = tx.execute("SELECT COALESCE(MAX(outbox_id), 0) FROM outbox")[0][0]
         key = (

@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -31,14 +32,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pyarrow as pa
 
 from keepers.delivery import Outcome
+from keepers.delivery.audiences import GoogleCustomerMatchClient, Member, MetaAudienceClient
 from keepers.delivery.email import EmailTemplate, TemplateError, compose, dkim_sign, render
 from keepers.delivery.email import sign_unsubscribe as sign_token
 from keepers.delivery.smtp import SmtpSettings, send
+from keepers.delivery.tracking import track_html
 from keepers.delivery.webhooks import deliver as deliver_webhook
 from keepers.engine.compute import utc
 from keepers.store.database import Database, Tx
 
 WEEK = timedelta(days=7)
+Ingest = Callable[[list[dict[str, Any]], str], Any]  # messages, source → IngestReport
 BACKOFF_FIRST_S = 30.0
 BACKOFF_MAX_S = 6 * 3600.0
 
@@ -62,6 +66,9 @@ class DeliveryConfig:
     batch: int = 500
     concurrency: int = 8
     dkim: tuple[str, str, bytes] | None = None  # selector, domain, private key PEM
+    tracking: bool = True  # opens and clicks come back as events
+    meta: MetaAudienceClient | None = None
+    google: GoogleCustomerMatchClient | None = None
 
 
 @dataclass
@@ -129,6 +136,7 @@ def claim(tx: Tx, now: datetime, config: DeliveryConfig) -> list[dict[str, Any]]
     rows = tx.execute(
         "SELECT o.outbox_id, o.channel, o.payload, o.customer_id, o.journey, o.version, o.step, "
         "o.reference, o.attempts, o.enrollment_id, o.created_at, c.email, c.user_id, "
+        "c.anonymous_id, "
         "c.traits, c.merged_into FROM outbox o LEFT JOIN customers c "
         f"ON c.customer_id = o.customer_id WHERE o.outbox_id IN ({listed}) ORDER BY o.outbox_id"
     )
@@ -146,6 +154,7 @@ def claim(tx: Tx, now: datetime, config: DeliveryConfig) -> list[dict[str, Any]]
         "created_at",
         "email",
         "user_id",
+        "anonymous_id",
         "traits",
         "merged_into",
     ]
@@ -247,11 +256,16 @@ def governance(row: dict[str, Any], now: datetime, config: DeliveryConfig) -> tu
             later = _after_quiet_hours(row, now, config)
             if later is not None:
                 return "later", later.isoformat()
-    if channel == "audience":
-        status = row["consent"].get(("ads", "audience"))
-        if status == "withdrawn" or (config.consent_mode == "opt_in" and status != "granted"):
-            return "block", "no consent for ad audiences"
+    adding = channel == "audience" and row["payload"].get("action", "add") == "add"
+    if adding and not ad_consent(row, config):
+        return "block", "no consent for ad audiences"
     return "send", ""
+
+
+def ad_consent(row: dict[str, Any], config: DeliveryConfig) -> bool:
+    """Consent for ad audiences: list 'ads', channel 'audience' (removals need none)."""
+    status = row["consent"].get(("ads", "audience"))
+    return status == "granted" or (config.consent_mode == "opt_out" and status != "withdrawn")
 
 
 def _zone(row: dict[str, Any], config: DeliveryConfig) -> ZoneInfo:
@@ -308,6 +322,17 @@ async def _deliver_email(row: dict[str, Any], config: DeliveryConfig) -> Outcome
             EmailTemplate(payload["subject"], payload["html"], payload.get("text")),
             _variables(row, config, list_id),
         )
+        if config.tracking:
+            rendered = replace(
+                rendered,
+                html=track_html(
+                    rendered.html,
+                    base_url=config.public_url,
+                    secret=config.secret,
+                    reference=row["reference"],
+                    keep=f"{config.public_url.rstrip('/')}/u/",
+                ),
+            )
         domain = config.sender.rsplit("@", 1)[-1].strip(" >")
         message = compose(
             rendered,
@@ -357,6 +382,51 @@ async def _deliver_webhook(row: dict[str, Any], config: DeliveryConfig) -> Outco
     )
 
 
+def _member(row: dict[str, Any], config: DeliveryConfig) -> Member:
+    traits = row["traits"]
+
+    def text(*names: str) -> str | None:
+        for name in names:
+            value = traits.get(name)
+            if isinstance(value, str | int) and str(value).strip():
+                return str(value)
+        return None
+
+    address = traits.get("address") if isinstance(traits.get("address"), dict) else {}
+    return Member(
+        email=row.get("email"),
+        phone=text("phone"),
+        first_name=text("first_name", "firstName"),
+        last_name=text("last_name", "lastName"),
+        country=text("country") or address.get("country"),
+        zip=text("zip", "postal_code") or address.get("postal_code"),
+        external_id=row.get("user_id"),
+        ad_consent=ad_consent(row, config),
+    )
+
+
+async def _deliver_audiences(
+    rows: list[dict[str, Any]], config: DeliveryConfig
+) -> dict[int, Outcome]:
+    """One upload per (platform, audience, action): the platforms take batches."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        p = row["payload"]
+        groups.setdefault((p["platform"], p["audience_id"], p.get("action", "add")), []).append(row)
+    out: dict[int, Outcome] = {}
+    for (platform, audience, action), members in groups.items():
+        client = config.meta if platform == "meta" else config.google
+        if client is None:
+            setting = "KEEPERS_META_ACCESS_TOKEN" if platform == "meta" else "KEEPERS_GOOGLE_ADS_*"
+            outcome = Outcome("retry", f"{platform} audiences are not configured ({setting})")
+        else:
+            upload = client.add if action == "add" else client.remove
+            outcome = await upload(audience, [_member(r, config) for r in members])
+        for row in members:
+            out[int(row["outbox_id"])] = outcome
+    return out
+
+
 async def _deliver_all(rows: list[dict[str, Any]], config: DeliveryConfig) -> list[Outcome]:
     gate = asyncio.Semaphore(config.concurrency)
 
@@ -364,11 +434,46 @@ async def _deliver_all(rows: list[dict[str, Any]], config: DeliveryConfig) -> li
         async with gate:
             if row["channel"] == "email":
                 return await _deliver_email(row, config)
-            if row["channel"] == "webhook":
-                return await _deliver_webhook(row, config)
-            return Outcome("failed", f"channel '{row['channel']}' has no deliverer configured")
+            return await _deliver_webhook(row, config)
 
-    return list(await asyncio.gather(*(one(r) for r in rows)))
+    single = [r for r in rows if r["channel"] in ("email", "webhook")]
+    done = dict(
+        zip(
+            (int(r["outbox_id"]) for r in single),
+            await asyncio.gather(*(one(r) for r in single)),
+            strict=True,
+        )
+    )
+    done.update(await _deliver_audiences([r for r in rows if r["channel"] == "audience"], config))
+    return [done[int(r["outbox_id"])] for r in rows]
+
+
+def _deliver_traits(rows: list[dict[str, Any]], ingest: Ingest | None) -> dict[int, Outcome]:
+    """Trait updates become identify calls through ingest, with the outbox reference as
+    messageId: a retry after a crash is deduplicated by the store."""
+    if ingest is None:
+        return {int(r["outbox_id"]): Outcome("retry", "no ingest available here") for r in rows}
+    messages = []
+    for row in rows:
+        who = {"userId": row["user_id"]} if row["user_id"] else {"anonymousId": row["anonymous_id"]}
+        action = row["payload"]
+        messages.append(
+            {
+                "type": "identify",
+                **who,
+                "messageId": row["reference"],
+                "traits": {action["key"]: action.get("value")},
+                "context": {"library": {"name": "keepers-journeys"}},
+            }
+        )
+    report = ingest(messages, "journeys")
+    rejected = {index: message for index, _, message in report.rejected}
+    return {
+        int(row["outbox_id"]): Outcome("failed", rejected[i])
+        if i in rejected
+        else Outcome("sent", "trait recorded", reference=row["reference"])
+        for i, row in enumerate(rows)
+    }
 
 
 # --- record ---------------------------------------------------------------------------------
@@ -421,8 +526,11 @@ def _record(
     )
 
 
-def drain(db: Database, config: DeliveryConfig, now: datetime) -> DrainReport:
-    """One batch: claim (committed), check and deliver, record (committed)."""
+def drain(
+    db: Database, config: DeliveryConfig, now: datetime, ingest: Ingest | None = None
+) -> DrainReport:
+    """One batch: claim (committed), check and deliver, record (committed). `ingest`
+    stores Segment messages (trait updates)."""
     now = utc(now)
     report = DrainReport()
     with db.transaction() as tx:
@@ -432,7 +540,15 @@ def drain(db: Database, config: DeliveryConfig, now: datetime) -> DrainReport:
     report.claimed = len(rows)
     decisions = [governance(r, now, config) for r in rows]
     to_send = [r for r, (verdict, _) in zip(rows, decisions, strict=True) if verdict == "send"]
-    outcomes = iter(asyncio.run(_deliver_all(to_send, config)) if to_send else [])
+    outside = [r for r in to_send if r["channel"] != "trait"]
+    delivered = dict(
+        zip(
+            (int(r["outbox_id"]) for r in outside),
+            asyncio.run(_deliver_all(outside, config)) if outside else [],
+            strict=True,
+        )
+    )
+    delivered.update(_deliver_traits([r for r in to_send if r["channel"] == "trait"], ingest))
     results = []
     suppress: list[str] = []
     for row, (verdict, why) in zip(rows, decisions, strict=True):
@@ -448,7 +564,7 @@ def drain(db: Database, config: DeliveryConfig, now: datetime) -> DrainReport:
             )
             report.rescheduled += 1
             continue
-        outcome = next(outcomes)
+        outcome = delivered[int(row["outbox_id"])]
         results.append(_result(row, outcome, now, config, report))
         if outcome.suppress and row.get("email"):
             suppress.append(address_hash(row["email"]))

@@ -4,18 +4,22 @@ consent and unsubscribes."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from keepers.delivery.audiences import GoogleCustomerMatchClient, MetaAudienceClient
 from keepers.delivery.email import EmailTemplate, TemplateError, check, verify_unsubscribe
 from keepers.delivery.smtp import SmtpSettings
+from keepers.delivery.tracking import verify_link
 from keepers.domain.journeys import Journey, parse_journey
 from keepers.engine.plan import Plan
 from keepers.errors import InvalidInput, NotFound
 from keepers.journeys.engine import TickReport, tick
-from keepers.journeys.outbox import DeliveryConfig, DrainReport, drain
+from keepers.journeys.outbox import DeliveryConfig, DrainReport, Ingest, drain
 from keepers.journeys.store import (
     current_journeys,
     journey_version,
@@ -65,10 +69,17 @@ def read_journey_file(path: Path) -> dict[str, Any]:
 
 
 class JourneyService:
-    def __init__(self, db: Database, settings: Settings, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        clock: Callable[[], datetime],
+        ingest: Ingest | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
+        self.ingest = ingest
 
     # --- definitions -----------------------------------------------------------------------
 
@@ -214,6 +225,9 @@ class JourneyService:
             webhook_allow_private=s.webhook_allow_private,
             give_up_hours=s.delivery_give_up_hours,
             dkim=dkim,
+            tracking=s.email_tracking,
+            meta=_meta(s),
+            google=_google(s),
         )
 
     def advance(self, now: datetime | None = None) -> TickReport:
@@ -228,7 +242,7 @@ class JourneyService:
         config = self.delivery_config()
         total = DrainReport()
         for _ in range(MAX_DRAIN_BATCHES):
-            report = drain(self.db, config, now or self.clock())
+            report = drain(self.db, config, now or self.clock(), self.ingest)
             for name, value in report.to_dict().items():
                 setattr(total, name, getattr(total, name) + value)
             if report.claimed < config.batch:
@@ -340,12 +354,22 @@ class JourneyService:
                 "SELECT step, state, count(*) FROM outbox WHERE journey = ? GROUP BY step, state",
                 [key],
             )
+            engagement = tx.execute(
+                "SELECT o.step, CASE e.event WHEN 'Email Opened' THEN 'opened' "
+                "ELSE 'clicked' END, count(DISTINCT o.outbox_id) FROM outbox o JOIN events e "
+                "ON e.customer_id = o.customer_id AND e.event IN ('Email Opened', "
+                "'Email Link Clicked') AND e.properties->>'email_id' = o.reference "
+                "WHERE o.journey = ? GROUP BY 1, 2",
+                [key],
+            )
         per_step: dict[str, dict[str, int]] = {s.id: {} for s in stored.journey.steps}
         for step, decision, n in steps:
             if step is not None:
                 per_step.setdefault(step, {})[decision] = n
         for step, state, n in messages:
             per_step.setdefault(step, {})[f"messages_{state}"] = n
+        for step, name, n in engagement:
+            per_step.setdefault(step, {})[name] = n
         return {
             "journey": key,
             "version": stored.version,
@@ -379,6 +403,8 @@ class JourneyService:
                 "INSERT INTO consent VALUES (?, ?, ?, ?, ?, ?)",
                 [customer_id, list_id, channel, status, source, now],
             )
+            if channel == "audience" and status == "withdrawn":
+                _remove_from_audiences(tx, customer_id, now)
         return {"customer_id": customer_id, "list": list_id, "channel": channel, "status": status}
 
     def unsubscribe(self, token: str, *, source: str = "one-click unsubscribe") -> dict[str, Any]:
@@ -391,6 +417,45 @@ class JourneyService:
         """Grant email consent again for the list a signed link names (preferences page)."""
         customer_id, list_id = verify_unsubscribe(self._unsubscribe_secret(), token)
         return self.set_consent(int(customer_id), list_id, "granted", source="preferences page")
+
+    def track(self, token: str, kind: str) -> str | None:
+        """Record an open or a click of a tracked link as a Segment Email-spec event; the
+        destination URL for a click (signed, so never an open redirect)."""
+        reference, url = verify_link(self._unsubscribe_secret(), token)
+        with self.db.transaction() as tx:
+            rows = tx.execute(
+                "SELECT o.journey, o.step, c.user_id, c.anonymous_id, o.payload FROM outbox o "
+                "JOIN customers c ON c.customer_id = o.customer_id WHERE o.reference = ?",
+                [reference],
+            )
+        if rows and self.ingest is not None:
+            journey, step, user_id, anonymous_id, payload = rows[0]
+            now = self.clock()
+            event = "Email Link Clicked" if kind == "click" else "Email Opened"
+            minute = now.replace(second=0, microsecond=0).isoformat()
+            dedupe = hashlib.sha256(f"{event}|{reference}|{url}|{minute}".encode()).hexdigest()
+            body = json.loads(payload) if isinstance(payload, str) else payload
+            properties = {
+                "email_id": reference,
+                "email_subject": body.get("subject"),
+                "campaign_id": journey,
+                "campaign_name": journey,
+                "journey": journey,
+                "step": step,
+            }
+            if url:
+                properties["link_url"] = url
+            who = {"userId": user_id} if user_id else {"anonymousId": anonymous_id}
+            message = {
+                "type": "track",
+                "event": event,
+                **who,
+                "messageId": dedupe[:40],
+                "timestamp": now.isoformat(),
+                "properties": properties,
+            }
+            self.ingest([message], "email")
+        return url
 
     def preferences(self, token: str) -> dict[str, Any]:
         customer_id, list_id = verify_unsubscribe(self._unsubscribe_secret(), token)
@@ -420,10 +485,65 @@ class JourneyService:
             return journey_version(tx, key, version)
 
 
+def _meta(s: Settings) -> MetaAudienceClient | None:
+    if s.meta_access_token is None:
+        return None
+    return MetaAudienceClient(s.meta_access_token.get_secret_value(), base_url=s.meta_api_base)
+
+
+def _google(s: Settings) -> GoogleCustomerMatchClient | None:
+    if not (
+        s.google_ads_developer_token and s.google_ads_access_token and s.google_ads_customer_id
+    ):
+        return None
+    return GoogleCustomerMatchClient(
+        developer_token=s.google_ads_developer_token.get_secret_value(),
+        access_token=s.google_ads_access_token.get_secret_value(),
+        customer_id=s.google_ads_customer_id,
+        login_customer_id=s.google_ads_login_customer_id,
+        base_url=s.google_ads_api_base,
+    )
+
+
 def _webhook_secret() -> str:
     from keepers.delivery.webhooks import generate_secret
 
     return generate_secret()
+
+
+def _remove_from_audiences(tx: Any, customer_id: int, now: datetime) -> None:
+    """Queue a removal from every ad audience the customer was uploaded to."""
+    rows = tx.execute(
+        "SELECT journey, version, step, payload FROM outbox WHERE customer_id = ? "
+        "AND channel = 'audience' AND state = 'sent'",
+        [customer_id],
+    )
+    seen = set()
+    for journey, version, step, payload in rows:
+        body = json.loads(payload) if isinstance(payload, str) else payload
+        target = (body["platform"], body["audience_id"])
+        if body.get("action", "add") != "add" or target in seen:
+            continue
+        seen.add(target)
+        key = f"consent-withdrawn:{customer_id}:{target[0]}:{target[1]}:{now.isoformat()}"
+        base = tx.execute("SELECT COALESCE(MAX(outbox_id), 0) FROM outbox")[0][0]
+        tx.execute(
+            "INSERT INTO outbox VALUES (?, ?, NULL, ?, ?, ?, ?, 'audience', ?, 'pending', 0, ?, "
+            "?, ?, NULL, ?, NULL, NULL) ON CONFLICT (idem_key) DO NOTHING",
+            [
+                base + 1,
+                key,
+                customer_id,
+                journey,
+                version,
+                step,
+                json.dumps({**body, "action": "remove"}),
+                now,
+                now,
+                now,
+                "msg_" + hashlib.md5(key.encode()).hexdigest(),
+            ],
+        )
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

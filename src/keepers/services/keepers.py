@@ -200,7 +200,7 @@ class Keepers:
 
     @property
     def journeys(self) -> JourneyService:
-        return JourneyService(self.db, self.settings, self.clock)
+        return JourneyService(self.db, self.settings, self.clock, self.ingest_messages)
 
     # --- reads ----------------------------------------------------------------------------------
 

@@ -14,13 +14,16 @@ import html
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from keepers.errors import InvalidInput
 from keepers.services.keepers import Keepers
 from keepers.web.api import ERR, RESPONSES, admin_guard
 
+PIXEL = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
 NOT_FOUND = {404: {"description": "No such journey or customer.", **ERR}}
 
 
@@ -107,6 +110,20 @@ def mail_router(keepers: Keepers) -> APIRouter:
             return PlainTextResponse("You are subscribed again.")
         await asyncio.to_thread(keepers.journeys.unsubscribe, token)
         return PlainTextResponse("You are unsubscribed. No more emails from this list.")
+
+    @router.get("/o/{token}", response_class=Response)
+    def opened(token: str) -> Response:
+        """The open pixel: records 'Email Opened', answers a 1×1 transparent GIF."""
+        keepers.journeys.track(token, "open")
+        return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store"})
+
+    @router.get("/c/{token}", response_class=RedirectResponse, status_code=302)
+    def clicked(token: str) -> RedirectResponse:
+        """A tracked link: records 'Email Link Clicked', then goes where the email pointed."""
+        url = keepers.journeys.track(token, "click")
+        if not url:
+            raise InvalidInput("token: not a click link")
+        return RedirectResponse(url, status_code=302)
 
     @router.get("/u/{token}", response_class=HTMLResponse)
     def preferences(token: str) -> HTMLResponse:
