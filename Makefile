@@ -13,11 +13,13 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
-## PostgreSQL server binaries for the test suite (Debian, as root; a no-op when present).
+## PostgreSQL server binaries and Chromium for the test suite (Debian, as root; a no-op
+## when present). Playwright drives Debian's chromium: `playwright install` needs a CDN.
 system-deps:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-	  echo "installing PostgreSQL server binaries (apt-get)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && test -x /usr/bin/chromium || { \
+	  echo "installing PostgreSQL server binaries and Chromium (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    postgresql chromium >/dev/null; }
 
 ## Generate the demo business into keepers.duckdb, print a summary, serve on :8000.
 demo: $(STAMP)

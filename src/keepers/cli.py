@@ -189,7 +189,9 @@ def _serve(settings: Settings, keepers: Any) -> None:
     info = write_server_info(settings.database_url, url, web.state.admin_token)
     out.print(
         f"Keepers {__version__} serving {settings.database_url} on [bold]{url}[/bold] "
-        f"(API docs: {url}/docs). Press Ctrl+C to stop.",
+        f"(API docs: {url}/docs). Dashboard: {url}/ — sign in with any email and the "
+        f"password [bold]{web.state.admin_token}[/bold] (the admin token). "
+        "Press Ctrl+C to stop.",
         highlight=False,
         soft_wrap=True,
     )

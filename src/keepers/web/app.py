@@ -5,20 +5,25 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from keepers import __version__
 from keepers.services.keepers import Keepers
 from keepers.services.scheduler import ComputeScheduler
 from keepers.settings import Settings
 from keepers.web.api import api_router
+from keepers.web.dashboard import dashboard_router
 from keepers.web.journeys_api import journeys_router, mail_router
 from keepers.web.lifecycle_api import lifecycle_router
 from keepers.web.responses import install_error_handlers
 from keepers.web.tracking import tracking_router
+
+STATIC = str(Path(__file__).parent / "static")
 
 
 def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
@@ -64,6 +69,8 @@ def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
     app.include_router(lifecycle_router(keepers, admin_token))
     app.include_router(journeys_router(keepers, admin_token))
     app.include_router(mail_router(keepers))
+    app.include_router(dashboard_router(keepers, admin_token))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, Any]:

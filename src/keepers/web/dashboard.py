@@ -1,0 +1,484 @@
+"""The dashboard: server-rendered pages (Jinja2), htmx for interactions, ECharts for charts,
+both vendored under /static (no CDN, works offline).
+
+Every page reads the same services as the CLI and the API, so a number on a page is the
+number `keepers report …` prints. Slow reports (CLV, personas) load after the page as
+htmx fragments, so the page itself answers fast. Every number that counts customers links
+to the list of those customers (`/reports/NAME/customers?…`, the report's own `who`).
+
+Sign-in: `login(request, form)` is pluggable — the server passes a function that checks
+credentials and returns a principal; until user accounts exist it is the admin token.
+The session cookie is HttpOnly and SameSite=Strict, and every form carries a CSRF token
+derived from the session, checked on every POST.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+
+from keepers.errors import InvalidInput, KeepersError, NotFound
+from keepers.services.keepers import Keepers
+
+HERE = Path(__file__).parent
+COOKIE = "keepers_session"
+REPORT_PAGES = {
+    "funnel": "Funnel",
+    "churn": "Churn & retention",
+    "cohorts": "Cohorts",
+    "rfm": "RFM",
+    "health": "Health",
+    "clv": "Lifetime value",
+    "churn-risk": "Churn risk",
+    "personas": "Personas",
+    "cross-sell": "Cross-sell",
+    "replenishment": "Replenishment",
+    "lifecycle": "Active customers",
+}
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.filters["tojson_safe"] = lambda v: Markup(  # JSON inside <script>
+    json.dumps(v, default=str).replace("</", "<\\/").replace("<!--", "<\\!--")
+)
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 10 else f"{value:,.2f}"
+    text = str(value)
+    if len(text) > 19 and text[10:11] == "T" and text[:4].isdigit():
+        return text[:16].replace("T", " ")
+    return text
+
+
+templates.env.filters["num"] = _num
+
+
+class Sessions:
+    """Signed session cookies: `principal|issued|mac`. The key is the server's secret, so
+    a restart with a new admin token signs everyone out."""
+
+    def __init__(self, secret: str) -> None:
+        self.key = hashlib.sha256(("keepers-dashboard\x00" + secret).encode()).digest()
+
+    def _mac(self, text: str) -> str:
+        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, principal: str) -> str:
+        body = f"{principal}|{int(datetime.now(UTC).timestamp())}"
+        return f"{body}|{self._mac(body)}"
+
+    def principal(self, cookie: str | None) -> str | None:
+        if not cookie or cookie.count("|") != 2:
+            return None
+        body, mac = cookie.rsplit("|", 1)
+        if not hmac.compare_digest(mac, self._mac(body)):
+            return None
+        return body.split("|", 1)[0]
+
+    def csrf(self, cookie: str) -> str:
+        return self._mac("csrf|" + cookie)[:32]
+
+
+def dashboard_router(
+    keepers: Keepers,
+    admin_token: str,
+    login: Callable[[str, str], str | None] | None = None,
+) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+    sessions = Sessions(admin_token)
+
+    def check_login(email: str, password: str) -> str | None:
+        if login is not None:
+            return login(email, password)
+        return "admin" if hmac.compare_digest(password, admin_token) else None
+
+    def who(request: Request) -> str | None:
+        return sessions.principal(request.cookies.get(COOKIE))
+
+    def page(request: Request, template: str, **context: Any) -> Response:
+        principal = who(request)
+        if principal is None:
+            return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", 303)
+        cookie = request.cookies.get(COOKIE, "")
+        status = context.pop("status_code", 200)
+        return templates.TemplateResponse(
+            request,
+            template,
+            {
+                "user": principal,
+                "csrf": sessions.csrf(cookie),
+                "reports": REPORT_PAGES,
+                "path": request.url.path,
+                **context,
+            },
+            status_code=status,
+        )
+
+    def posted(request: Request, csrf: str) -> str:
+        principal = who(request)
+        cookie = request.cookies.get(COOKIE, "")
+        if principal is None or not hmac.compare_digest(csrf, sessions.csrf(cookie)):
+            raise InvalidInput("csrf_token: missing or wrong (reload the page and try again)")
+        return principal
+
+    # --- sign-in ---------------------------------------------------------------------------
+
+    @router.get("/login", response_class=HTMLResponse)
+    def login_page(request: Request, next: str = "/") -> Response:
+        return templates.TemplateResponse(request, "login.html", {"next": _local(next)})
+
+    @router.post("/login")
+    def login_submit(
+        request: Request,
+        email: str = Form(""),
+        password: str = Form(""),
+        next: str = Form("/"),
+    ) -> Response:
+        principal = check_login(email, password)
+        if principal is None:
+            return templates.TemplateResponse(
+                request,
+                "login.html",
+                {"next": _local(next), "error": "Wrong email or password.", "email": email},
+                status_code=401,
+            )
+        response = RedirectResponse(_local(next), 303)
+        secure = request.url.scheme == "https"
+        response.set_cookie(
+            COOKIE, sessions.issue(principal), httponly=True, samesite="strict", secure=secure
+        )
+        return response
+
+    @router.post("/logout")
+    def logout() -> Response:
+        response = RedirectResponse("/login", 303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    # --- overview ----------------------------------------------------------------------------
+
+    @router.get("/", response_class=HTMLResponse)
+    def overview(request: Request, as_of: str | None = None) -> Response:
+        moment = _as_of(as_of)
+        service = keepers.lifecycle
+        funnel = _try(lambda: service.report("funnel", moment))
+        churn = _try(lambda: service.report("churn", moment, periods="12"))
+        stages = service.stages()
+        return page(
+            request,
+            "overview.html",
+            as_of=as_of or "",
+            funnel=funnel,
+            churn=churn,
+            stages=stages,
+            status=keepers.status(),
+        )
+
+    @router.get("/fragments/clv-by-stage", response_class=HTMLResponse)
+    def clv_fragment(request: Request, as_of: str | None = None) -> Response:
+        clv = _try(lambda: keepers.lifecycle.report("clv", _as_of(as_of)))
+        return page(request, "fragment_clv.html", clv=clv, as_of=as_of or "")
+
+    # --- customers ---------------------------------------------------------------------------
+
+    @router.get("/customers", response_class=HTMLResponse)
+    def customers(request: Request, q: str = "") -> Response:
+        rows = _search(keepers, q) if q.strip() else []
+        name = "fragment_customers.html" if request.headers.get("HX-Request") else "customers.html"
+        return page(request, name, q=q, rows=rows)
+
+    @router.get("/customers/{reference}", response_class=HTMLResponse)
+    def customer(request: Request, reference: str) -> Response:
+        return page(request, "customer.html", **_customer(keepers, reference))
+
+    # --- segments ----------------------------------------------------------------------------
+
+    @router.get("/segments", response_class=HTMLResponse)
+    def segments(request: Request) -> Response:
+        return page(request, "segments.html", segments=keepers.lifecycle.segments_list())
+
+    @router.post("/segments/preview", response_class=HTMLResponse)
+    def segment_preview(
+        request: Request, rule: str = Form(""), csrf_token: str = Form("")
+    ) -> Response:
+        posted(request, csrf_token)
+        if not rule.strip():
+            return page(request, "fragment_preview.html", preview=None, error=None)
+        try:
+            preview = keepers.lifecycle.segment_preview(rule, 10)
+            return page(request, "fragment_preview.html", preview=preview, error=None)
+        except KeepersError as exc:
+            return page(request, "fragment_preview.html", preview=None, error=_rule_error(exc))
+
+    @router.post("/segments", response_class=HTMLResponse)
+    def segment_save(
+        request: Request,
+        key: str = Form(""),
+        rule: str = Form(""),
+        label: str = Form(""),
+        csrf_token: str = Form(""),
+    ) -> Response:
+        principal = posted(request, csrf_token)
+        try:
+            keepers.lifecycle.segment_save(key, rule, label or None, None, f"dashboard:{principal}")
+        except KeepersError as exc:
+            return page(
+                request,
+                "segments.html",
+                segments=keepers.lifecycle.segments_list(),
+                error=_rule_error(exc),
+                form={"key": key, "rule": rule, "label": label},
+                status_code=400,
+            )
+        return RedirectResponse("/segments", 303)
+
+    # --- reports -----------------------------------------------------------------------------
+
+    @router.get("/reports/{name}", response_class=HTMLResponse)
+    def report(request: Request, name: str, as_of: str | None = None) -> Response:
+        if name not in REPORT_PAGES:
+            raise NotFound(f"no report page '{name}'")
+        if name in ("clv", "personas", "churn-risk") and not request.headers.get("HX-Request"):
+            return page(request, "report_lazy.html", name=name, as_of=as_of or "")
+        options = dict(request.query_params)
+        options.pop("as_of", None)
+        result = _try(lambda: keepers.lifecycle.report(name, _as_of(as_of), **options))
+        template = "fragment_report.html" if request.headers.get("HX-Request") else "report.html"
+        return page(request, template, name=name, result=result, as_of=as_of or "")
+
+    @router.get("/reports/{name}/customers", response_class=HTMLResponse)
+    def report_customers(request: Request, name: str, as_of: str | None = None) -> Response:
+        cell = {k: v for k, v in request.query_params.items() if k != "as_of"}
+        result = keepers.lifecycle.report_who(name, _as_of(as_of), 200, **cell)
+        return page(request, "who.html", name=name, result=result, cell=cell)
+
+    # --- journeys ----------------------------------------------------------------------------
+
+    @router.get("/journeys", response_class=HTMLResponse)
+    def journeys(request: Request) -> Response:
+        return page(request, "journeys.html", journeys=keepers.journeys.list())
+
+    @router.get("/journeys/{key}", response_class=HTMLResponse)
+    def journey(request: Request, key: str, customer: str = "") -> Response:
+        shown = keepers.journeys.show(key)
+        stats = keepers.journeys.stats(key)
+        trace = _try(lambda: keepers.journeys.trace(key, customer)) if customer else None
+        graph = _journey_graph(shown["journey"], stats)
+        return page(
+            request,
+            "journey.html",
+            key=key,
+            shown=shown,
+            stats=stats,
+            graph=graph,
+            customer=customer,
+            trace=trace,
+        )
+
+    # --- settings ----------------------------------------------------------------------------
+
+    @router.get("/settings", response_class=HTMLResponse)
+    def settings_page(request: Request) -> Response:
+        s = keepers.settings
+        return page(
+            request,
+            "settings.html",
+            keys=keepers.list_write_keys(),
+            definitions=keepers.lifecycle.definitions_export(),
+            smtp={
+                "host": s.smtp_host or "not configured",
+                "port": s.smtp_port,
+                "security": s.smtp_security,
+                "from": s.email_from,
+                "consent mode": s.consent_mode,
+                "frequency cap": s.frequency_cap,
+                "quiet hours": s.quiet_hours or "none",
+            },
+        )
+
+    return router
+
+
+CHURN_GROUPS = {
+    "customers_at_start": "start",
+    "customers_at_end": "end",
+    "new": "new",
+    "lost": "lost",
+    "reactivated": "reactivated",
+}
+
+
+def who_link(name: str, section: str, row: dict[str, Any], column: str) -> str | None:
+    """The customer list behind one number of a report table, when there is one."""
+    cell: dict[str, Any] | None = None
+    if name in ("churn", "retention") and section == "periods" and column in CHURN_GROUPS:
+        cell = {"in_period": row.get("period"), "group": CHURN_GROUPS[column]}
+    elif name == "rfm" and section == "segments" and column == "customers":
+        cell = {"segment": row.get("segment")}
+    elif name in ("health", "clv", "churn-risk") and column == "customers" and "band" in row:
+        cell = {"band": row["band"]}
+    elif name == "clv" and section == "stages" and column == "customers":
+        cell = {"stage": row.get("stage")}
+    elif name == "personas" and section == "personas" and column == "customers":
+        cell = {"persona": row.get("persona")}
+    elif name == "cross-sell" and section == "pairs" and column == "support":
+        cell = {"pair": f"{row.get('a')},{row.get('b')}"}
+    elif name == "funnel" and section == "stages" and column == "reached":
+        cell = {"stage": row.get("stage")}
+    elif (
+        name == "lifecycle"
+        and section == "periods"
+        and column in ("new", "returning", "resurrecting", "dormant")
+    ):
+        cell = {"in_period": row.get("period"), "status": column}
+    if cell is None or any(v is None for v in cell.values()):
+        return None
+    return f"/reports/{name}/customers?{urlencode(cell)}"
+
+
+templates.env.globals["who_link"] = who_link
+templates.env.globals["v_rows"] = lambda named: [
+    {"": key, **row} for key, row in named.items() if isinstance(row, dict)
+]
+
+
+def _local(target: str) -> str:
+    """Only same-site paths after login (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+def _as_of(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        day = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"as_of: '{text}' is not a date (YYYY-MM-DD)") from None
+    if day.tzinfo is None:
+        day = datetime.combine(day.date(), time(23, 59, 59), UTC)
+    return day
+
+
+def _try(call: Callable[[], Any]) -> Any:
+    """A report, or its error message for the page (no history yet, too few buyers …)."""
+    try:
+        return call()
+    except KeepersError as exc:
+        return {"error": exc.message}
+
+
+def _rule_error(exc: KeepersError) -> dict[str, Any]:
+    return {
+        "message": exc.message,
+        "source": getattr(exc, "source", ""),
+        "position": getattr(exc, "position", 0),
+        "length": max(getattr(exc, "length", 1), 1),
+    }
+
+
+def _search(keepers: Keepers, q: str) -> list[dict[str, Any]]:
+    text = q.strip()
+    pattern = f"%{text.lower()}%"
+    with keepers.db.transaction() as tx:
+        rows = tx.execute(
+            "SELECT c.customer_id, c.user_id, c.email, "
+            "json_extract_string(c.traits, '$.first_name'), "
+            "json_extract_string(c.traits, '$.last_name') FROM customers c "
+            "WHERE c.merged_into IS NULL AND (CAST(c.customer_id AS TEXT) = ? OR c.user_id = ? "
+            "OR lower(c.email) LIKE ? OR lower(COALESCE(json_extract_string(c.traits, "
+            "'$.first_name'), '') || ' ' || COALESCE(json_extract_string(c.traits, "
+            "'$.last_name'), '')) LIKE ?) ORDER BY c.customer_id LIMIT 50"
+            if keepers.database_kind == "duckdb"
+            else "SELECT c.customer_id, c.user_id, c.email, c.traits->>'first_name', "
+            "c.traits->>'last_name' FROM customers c WHERE c.merged_into IS NULL AND "
+            "(CAST(c.customer_id AS TEXT) = ? OR c.user_id = ? OR lower(c.email) LIKE ? OR "
+            "lower(COALESCE(c.traits->>'first_name', '') || ' ' || "
+            "COALESCE(c.traits->>'last_name', '')) LIKE ?) ORDER BY c.customer_id LIMIT 50",
+            [text, text, pattern, pattern],
+        )
+    return [
+        {"customer_id": c, "user_id": u, "email": e, "name": " ".join(x for x in (f, n) if x)}
+        for c, u, e, f, n in rows
+    ]
+
+
+def _customer(keepers: Keepers, reference: str) -> dict[str, Any]:
+    explained = keepers.lifecycle.explain(reference)
+    customer_id = explained["customer"]["customer_id"]
+    with keepers.db.transaction() as tx:
+        events = tx.execute(
+            "SELECT timestamp, type, event FROM events WHERE customer_id = ? "
+            "ORDER BY timestamp DESC LIMIT 50",
+            [customer_id],
+        )
+        orders = tx.execute(
+            "SELECT order_id, ordered_at, revenue, total, currency FROM orders "
+            "WHERE customer_id = ? ORDER BY ordered_at DESC LIMIT 50",
+            [customer_id],
+        )
+        enrollments = tx.execute(
+            "SELECT journey, version, status, step, entered_at FROM enrollments "
+            "WHERE customer_id = ? ORDER BY entered_at DESC LIMIT 20",
+            [customer_id],
+        )
+        messages = tx.execute(
+            "SELECT journey, step, channel, state, sent_at, last_error FROM outbox "
+            "WHERE customer_id = ? ORDER BY outbox_id DESC LIMIT 20",
+            [customer_id],
+        )
+        consent = tx.execute(
+            "SELECT list, channel, status, source, changed_at FROM consent WHERE customer_id = ?",
+            [customer_id],
+        )
+    segments = [s["segment"] for s in explained.get("segments", []) if s["matched"]]
+    return {
+        "explained": explained,
+        "customer_id": customer_id,
+        "segments": segments,
+        "events": events,
+        "orders": orders,
+        "enrollments": enrollments,
+        "messages": messages,
+        "consent": consent,
+    }
+
+
+def _journey_graph(journey: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """Nodes (steps with their counts) and edges (where each step can lead) for ECharts."""
+    steps = journey["steps"]
+    ids = [s["id"] for s in steps]
+    nodes, links = [], []
+    for index, step in enumerate(steps):
+        kind = next(k for k in step if k not in ("id", "next"))
+        counts = stats["steps"].get(step["id"], {})
+        reached = sum(n for d, n in counts.items() if not d.startswith("messages_"))
+        nodes.append({"name": step["id"], "kind": kind, "value": reached, "x": 120 * index, "y": 0})
+        targets: list[str] = []
+        if kind == "branch":
+            targets = [step["branch"]["then"], step["branch"]["else"]]
+        elif kind == "split":
+            targets = [p["next"] for p in step["split"]]
+        elif kind != "exit":
+            following = step.get("next") or (ids[index + 1] if index + 1 < len(ids) else None)
+            targets = [t for t in (following,) if t]
+            wait = step.get("wait_until") or {}
+            targets += [t for t in (wait.get("then"), wait.get("timeout_next")) if t]
+        links += [{"source": step["id"], "target": t} for t in dict.fromkeys(targets)]
+    return {"nodes": nodes, "links": links}
