@@ -494,9 +494,16 @@ def demo(
         _print_json({**summary, "write_key": write_key})
     else:
         lifecycle, numbers = summary.pop("lifecycle"), summary.pop("headline")
+        journeys = summary.pop("journeys", [])
         _summary_table(summary, f"Demo business ({customers:,} customers, seed {seed})")
         _stages_tables(lifecycle)
         _headline(numbers)
+        for j in journeys:
+            out.print(
+                f"journey [bold]{j['journey']}[/bold]: {j['entered']:,} entered, "
+                f"{j['active']:,} active (emails wait for KEEPERS_SMTP_HOST)",
+                highlight=False,
+            )
         if write_key:
             out.print(f"write key 'demo': [bold]{write_key}[/bold] (shown once)", highlight=False)
     if serve_after:
@@ -1080,6 +1087,48 @@ def journeys_trace(
     out.print(table)
     if result["messages"]:
         _print_report({"messages": result["messages"]})
+
+
+@journeys_app.command("simulate")
+@friendly_errors
+def journeys_simulate(
+    key: JourneyKey,
+    since: Annotated[
+        str, typer.Option("--since", help="Replay from this date (YYYY-MM-DD or ISO time) to now.")
+    ],
+    step_days: Annotated[
+        float, typer.Option("--step-days", help="The simulated clock's step, in days.")
+    ] = 1.0,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What a journey would have done since a date, sending and writing nothing: who would
+    have entered, their paths, the messages each step would have queued."""
+    moment = _moment(since, "--since")
+    result = _journeys(db, "simulate", key=key, since=moment, step_days=step_days)
+    if as_json:
+        _print_json(result)
+        return
+    facts = ("entered", "customers", "goal_reached", "still_active", "messages")
+    summary = {k: result[k] for k in facts}
+    summary.update({f"skipped: {reason}": n for reason, n in result["skipped"].items()})
+    _summary_table(
+        summary,
+        f"{key} v{result['version']} replayed from {_cell(result['since'])} to "
+        f"{_cell(result['until'])}, every {result['step_days']:g} day(s); nothing sent",
+    )
+    steps = Table("step", "reached", "queued", "paths")
+    for step, row in result["by_step"].items():
+        paths = ", ".join(f"{name} {n:,}" for name, n in row.get("paths", {}).items())
+        steps.add_row(step, f"{row['reached']:,}", _cell(row.get("queued")), paths)
+    out.print(steps)
+    sample = Table("customer", "entered", "status", "path")
+    for row in result["sample"]:
+        who = row["user_id"] or row["email"] or str(row["customer_id"])
+        sample.add_row(who, _cell(row["entered_at"]), row["status"], " → ".join(row["path"]))
+    out.print(sample)
+    for note in result["notes"]:
+        out.print(f"note: {note}", highlight=False)
 
 
 @journeys_app.command("stats")

@@ -251,3 +251,62 @@ def test_the_example_journeys_are_valid(path: Path, tmp_path: Any) -> None:
         assert saved["version"] == 1 and saved["journey"] == path.stem
     finally:
         keepers.close()
+
+
+def test_quiet_hours_reschedule_and_the_frequency_cap_blocks(tmp_path: Any) -> None:
+    two = {
+        "key": "two",
+        "trigger": {"stage_entered": "conversion"},
+        "steps": [
+            {"id": "first", "email": {"subject": "One", "html": UNSUB}},
+            {"id": "gap", "wait": "1h"},
+            {"id": "second", "email": {"subject": "Two", "html": UNSUB}},
+        ],
+    }
+    with smtp_sink() as sink:
+        clock = Clock(T0)  # 10:00 UTC = 05:00 in New York (EST): inside 21-8
+        settings = Settings(
+            database_url=str(tmp_path / "k.duckdb"),
+            smtp_host="127.0.0.1",
+            smtp_port=sink.port,
+            quiet_hours="21-8",
+            frequency_cap=1,
+        )
+        keepers = Keepers.open(settings, clock=clock)
+        try:
+            ny = identify(
+                "ny", "ny@mail.example", T0 - timedelta(days=1), timezone="America/New_York"
+            )
+            keepers.ingest_messages([ny], "t")
+            keepers.compute()
+            keepers.journeys.save(two)
+            buy(keepers, clock, ["ny"])
+            first = keepers.journeys.run()["delivery"]
+            assert (first["rescheduled"], first["sent"]) == (1, 0) and not sink.messages
+            trace = keepers.journeys.trace("two", "ny")
+            assert (
+                trace["messages"][0]["last_error"] == "quiet hours until 2026-03-02T13:00:00+00:00"
+            )
+            clock.now = datetime(2026, 3, 2, 13, 0, 30, tzinfo=UTC)  # both emails due now
+            later = keepers.journeys.run()["delivery"]
+            assert (later["sent"], later["blocked"]) == (1, 1) and len(sink.messages) == 1
+            assert sink.messages[0]["Subject"] == "One"
+            second = keepers.journeys.trace("two", "ny")["messages"][-1]
+            assert second["state"] == "blocked" and "frequency cap" in second["last_error"]
+        finally:
+            keepers.close()
+
+
+def test_bounces_and_unsubscribes_count_against_the_step(shop: tuple) -> None:
+    keepers, clock, sink = shop
+    sink.refuse["u1@mail.example"] = "550 5.1.1 user unknown"
+    keepers.journeys.save(WELCOME)
+    buy(keepers, clock, ["u0", "u1"])
+    keepers.journeys.run()
+    link = sink.to("u0@mail.example")[0]["List-Unsubscribe"].strip("<>")
+    token, query = link.rsplit("/", 1)[1].split("?m=")
+    from urllib.parse import unquote
+
+    keepers.journeys.unsubscribe(token, message=unquote(query))
+    hello = keepers.journeys.stats("welcome")["steps"]["hello"]
+    assert (hello["bounced"], hello["unsubscribed"], hello["messages_sent"]) == (1, 1, 1)

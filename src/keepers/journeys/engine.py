@@ -105,9 +105,14 @@ def tick(tx: Tx, plan: Plan, now: datetime, *, email_domain: str = "keepers.loca
 
 
 def bucket_sql(salt: int) -> str:
-    """A number in [0, 1) fixed per customer and salt, the same in every engine (the
-    multiplicative hash of Knuth, vol. 3, §6.4)."""
-    return f"(((customer_id * 2654435761 + {salt}) % 4294967296) / 4294967296.0)"
+    """A number in [0, 1) fixed per customer and salt, the same in every engine: Knuth's
+    multiplicative hash (vol. 3, §6.4) modulo the prime 2³² − 5, then a MINSTD step
+    (Park & Miller, multiplier 48271 modulo 2³¹ − 1). The two different prime moduli make
+    the salt mix in non-linearly, so each journey and step draws independently (a bare
+    salt offset would hold out the same customers everywhere). Integer arithmetic stays
+    below 2⁶³ for customer ids under 3·10⁹."""
+    first = f"((customer_id * 2654435761 + {salt}) % 4294967291)"
+    return f"((({first} * 48271 + {salt * 7919 % 2147483647}) % 2147483647) / 2147483647.0)"
 
 
 def salt_of(*parts: object) -> int:

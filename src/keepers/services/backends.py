@@ -198,6 +198,9 @@ def _journey_route(operation: str, p: dict[str, Any]) -> tuple[str, str, dict | 
         return "PUT", "/api/consent", body
     if operation == "run":
         return "POST", "/api/journeys/run", None
+    if operation == "simulate":
+        body = {"since": _iso(p["since"]), "step_days": p.get("step_days", 1.0)}
+        return "POST", f"/api/journeys/{key}/simulate", body
     if operation in ("show", "stats"):
         suffix = "/stats" if operation == "stats" else ""
         return "GET", f"/api/journeys/{key}{suffix}", None

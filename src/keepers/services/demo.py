@@ -39,6 +39,7 @@ def load_demo(
         summary["demo_loaded_earlier"] = loaded
         summary["lifecycle"] = lifecycle
         summary["headline"] = headline(keepers)
+        summary["journeys"] = demo_journeys(keepers)
         names = {key.name for key in keepers.list_write_keys()}
         write_key = None if "demo" in names else keepers.create_write_key("demo")[1]
     except BaseException:
@@ -59,6 +60,20 @@ def _compute_lifecycle(keepers: Keepers, *, rebuild_history: bool) -> dict[str, 
             service.compute(backfill_since=since, every="week")
     service.compute()
     return service.stages()
+
+
+EXAMPLES = Path(__file__).parents[3] / "examples" / "journeys"
+
+
+def demo_journeys(keepers: Keepers) -> list[dict[str, Any]]:
+    """The example journeys (from a source checkout), saved and run once: the demo shows
+    enrollments, queued emails (waiting for an SMTP relay) and traces at once."""
+    if not EXAMPLES.is_dir():
+        return []
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        keepers.journeys.save_file(path, actor="demo")
+    keepers.journeys.run()
+    return keepers.journeys.list()
 
 
 def headline(keepers: Keepers) -> dict[str, Any]:

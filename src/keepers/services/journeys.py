@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from keepers.engine.plan import Plan
 from keepers.errors import InvalidInput, NotFound
 from keepers.journeys.engine import TickReport, tick
 from keepers.journeys.outbox import DeliveryConfig, DrainReport, Ingest, drain
+from keepers.journeys.simulate import simulate as simulate_journey
 from keepers.journeys.store import (
     current_journeys,
     journey_version,
@@ -323,6 +324,27 @@ class JourneyService:
             "answer": _answer(log, outbox, enrollments),
         }
 
+    def simulate(
+        self, key: str, since: datetime, step_days: float = 1.0, until: datetime | None = None
+    ) -> dict[str, Any]:
+        """What the journey's current version would have done had it been live since
+        `since`: who would have entered, their paths, what each step would have queued.
+        Nothing is sent and nothing persistent is written (temp tables only)."""
+        if not 0 < step_days <= 366:
+            raise InvalidInput(f"step_days: must be more than 0 and at most 366, not {step_days}")
+        with compute_transaction(self.db) as tx:
+            stored = stored_journey(tx, key)
+            plan = Plan.build(load_definitions(tx).definitions)
+            return simulate_journey(
+                tx,
+                plan,
+                stored.journey,
+                since,
+                until or self.clock(),
+                step=timedelta(days=step_days),
+                version=stored.version,
+            )
+
     def stats(self, key: str) -> dict[str, Any]:
         with self.db.transaction() as tx:
             stored = stored_journey(tx, key)
@@ -354,6 +376,15 @@ class JourneyService:
                 "SELECT step, state, count(*) FROM outbox WHERE journey = ? GROUP BY step, state",
                 [key],
             )
+            dropped = tx.execute(
+                "SELECT o.step, 'bounced', count(*) FROM outbox o WHERE o.journey = ? "
+                "AND o.state = 'failed' AND o.code >= 500 AND o.code < 600 GROUP BY o.step "
+                "UNION ALL SELECT o.step, 'unsubscribed', count(DISTINCT o.customer_id) "
+                "FROM outbox o JOIN consent c ON c.customer_id = o.customer_id "
+                "AND c.status = 'withdrawn' AND strpos(c.source, o.reference) > 0 "
+                "WHERE o.journey = ? GROUP BY o.step",
+                [key, key],
+            )
             engagement = tx.execute(
                 "SELECT o.step, CASE e.event WHEN 'Email Opened' THEN 'opened' "
                 "ELSE 'clicked' END, count(DISTINCT o.outbox_id) FROM outbox o JOIN events e "
@@ -368,7 +399,7 @@ class JourneyService:
                 per_step.setdefault(step, {})[decision] = n
         for step, state, n in messages:
             per_step.setdefault(step, {})[f"messages_{state}"] = n
-        for step, name, n in engagement:
+        for step, name, n in [*engagement, *dropped]:
             per_step.setdefault(step, {})[name] = n
         return {
             "journey": key,
@@ -407,10 +438,15 @@ class JourneyService:
                 _remove_from_audiences(tx, customer_id, now)
         return {"customer_id": customer_id, "list": list_id, "channel": channel, "status": status}
 
-    def unsubscribe(self, token: str, *, source: str = "one-click unsubscribe") -> dict[str, Any]:
-        """Withdraw email consent for the list a signed link names (RFC 8058 POST)."""
+    def unsubscribe(
+        self, token: str, *, source: str = "one-click unsubscribe", message: str | None = None
+    ) -> dict[str, Any]:
+        """Withdraw email consent for the list a signed link names (RFC 8058 POST);
+        `message` is the Message-ID the link came in, kept in the source for stats."""
         config_secret = self._unsubscribe_secret()
         customer_id, list_id = verify_unsubscribe(config_secret, token)
+        if message:
+            source = f"{source} ({message[:200]})"
         return self.set_consent(int(customer_id), list_id, "withdrawn", source=source)
 
     def resubscribe(self, token: str) -> dict[str, Any]:

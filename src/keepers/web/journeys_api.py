@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from keepers.errors import InvalidInput
 from keepers.services.keepers import Keepers
@@ -29,6 +29,11 @@ NOT_FOUND = {404: {"description": "No such journey or customer.", **ERR}}
 
 class StatusBody(BaseModel):
     status: str = Field(pattern="^(active|paused|archived)$")
+
+
+class SimulateBody(BaseModel):
+    since: AwareDatetime = Field(description="Replay history from this moment up to now.")
+    step_days: float = Field(1.0, gt=0, le=366, description="The simulated clock's step.")
 
 
 class ConsentBody(BaseModel):
@@ -75,6 +80,12 @@ def journeys_router(keepers: Keepers, admin_token: str) -> APIRouter:
         """Why a customer did or did not get this journey's messages: every decision."""
         return keepers.journeys.trace(key, customer)
 
+    @router.post("/journeys/{key}/simulate", responses=NOT_FOUND)
+    async def simulate(key: str, body: SimulateBody) -> dict[str, Any]:
+        """What the journey would have done had it been live since a date: who would have
+        entered, their paths, what each step would have queued. Sends and writes nothing."""
+        return await asyncio.to_thread(keepers.journeys.simulate, key, body.since, body.step_days)
+
     @router.post("/journeys/run")
     async def run() -> dict[str, Any]:
         """Advance every journey and deliver what is due, now."""
@@ -108,7 +119,8 @@ def mail_router(keepers: Keepers) -> APIRouter:
         if choice == "yes":
             await asyncio.to_thread(keepers.journeys.resubscribe, token)
             return PlainTextResponse("You are subscribed again.")
-        await asyncio.to_thread(keepers.journeys.unsubscribe, token)
+        message = request.query_params.get("m")
+        await asyncio.to_thread(keepers.journeys.unsubscribe, token, message=message)
         return PlainTextResponse("You are unsubscribed. No more emails from this list.")
 
     @router.get("/o/{token}", response_class=Response)
