@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyarrow as pa
@@ -99,9 +100,14 @@ def address_hash(address: str) -> str:
     return hashlib.sha256(address.strip().lower().encode()).hexdigest()
 
 
-def unsubscribe_url(config: DeliveryConfig, customer_id: int, list_id: str) -> str:
+def unsubscribe_url(
+    config: DeliveryConfig, customer_id: int, list_id: str, message: str | None = None
+) -> str:
+    """The one-click link; `message` (the Message-ID) only attributes the unsubscribe to
+    the email it came from in journey stats — the signed token alone decides who and what."""
     token = sign_token(config.secret, str(customer_id), list_id)
-    return f"{config.public_url.rstrip('/')}/u/{token}"
+    query = f"?{urlencode({'m': message})}" if message else ""
+    return f"{config.public_url.rstrip('/')}/u/{token}{query}"
 
 
 def backoff(attempts: int) -> timedelta:
@@ -228,6 +234,24 @@ def _attach_governance(
         r["state"] = {k: v for k, v in state.get(cid, {}).items() if not k.startswith("_")}
 
 
+def _decide(
+    rows: list[dict[str, Any]], now: datetime, config: DeliveryConfig
+) -> list[tuple[str, str]]:
+    """Governance for a claimed batch in order: a marketing email let through counts
+    against the frequency cap of the customer's later rows in the same batch."""
+    passed: dict[int, int] = {}
+    out = []
+    for row in rows:
+        cid = int(row["customer_id"])
+        row["sent_this_week"] += passed.get(cid, 0)
+        verdict = governance(row, now, config)
+        marketing = row["channel"] == "email" and not row["payload"].get("transactional")
+        if verdict[0] == "send" and marketing:
+            passed[cid] = passed.get(cid, 0) + 1
+        out.append(verdict)
+    return out
+
+
 def governance(row: dict[str, Any], now: datetime, config: DeliveryConfig) -> tuple[str, str]:
     """("send", "") or ("block", reason) or ("later", ISO time) for one claimed row."""
     channel = row["channel"]
@@ -307,7 +331,9 @@ def _variables(row: dict[str, Any], config: DeliveryConfig, list_id: str) -> dic
         "email": row["email"],
         "traits": row["traits"],
         "stage": state.get("stage"),
-        "unsubscribe_url": unsubscribe_url(config, int(row["customer_id"]), list_id),
+        "unsubscribe_url": unsubscribe_url(
+            config, int(row["customer_id"]), list_id, row["reference"]
+        ),
         "journey": row["journey"],
     }
 
@@ -339,9 +365,10 @@ async def _deliver_email(row: dict[str, Any], config: DeliveryConfig) -> Outcome
             sender=config.sender,
             to=row["email"],
             message_id=row["reference"],
+            # RFC 8058 headers need an https link; without one only the body link remains
             unsubscribe_url=None
-            if payload.get("transactional")
-            else unsubscribe_url(config, int(row["customer_id"]), list_id),
+            if payload.get("transactional") or not config.public_url.startswith("https://")
+            else unsubscribe_url(config, int(row["customer_id"]), list_id, row["reference"]),
             list_id=None if payload.get("transactional") else f"{list_id}.{domain}",
             extra_headers={"X-Keepers-Journey": f"{row['journey']}/{row['step']}"},
         )
@@ -529,8 +556,11 @@ def _record(
 def drain(
     db: Database, config: DeliveryConfig, now: datetime, ingest: Ingest | None = None
 ) -> DrainReport:
-    """One batch: claim (committed), check and deliver, record (committed). `ingest`
-    stores Segment messages (trait updates)."""
+    """One batch: claim (committed), then check, deliver and record (committed) group by
+    group. Emails and webhooks go out at most `concurrency` to a group, each group recorded
+    before the next is sent, so a worker that dies mid-batch leaves at most `concurrency`
+    messages delivered but unrecorded — the only ones sent again (same id) after its lease.
+    `ingest` stores Segment messages (trait updates)."""
     now = utc(now)
     report = DrainReport()
     with db.transaction() as tx:
@@ -538,7 +568,31 @@ def drain(
     if not rows:
         return report
     report.claimed = len(rows)
-    decisions = [governance(r, now, config) for r in rows]
+    decisions = _decide(rows, now, config)
+    single = [
+        i
+        for i, (row, (verdict, _)) in enumerate(zip(rows, decisions, strict=True))
+        if verdict == "send" and row["channel"] in ("email", "webhook")
+    ]
+    size = max(1, config.concurrency)
+    groups = [sorted(set(range(len(rows))) - set(single))]
+    groups += [single[i : i + size] for i in range(0, len(single), size)]
+    for group in filter(None, groups):
+        picked = [rows[i] for i in group]
+        _settle(db, picked, [decisions[i] for i in group], now, config, ingest, report)
+    return report
+
+
+def _settle(
+    db: Database,
+    rows: list[dict[str, Any]],
+    decisions: list[tuple[str, str]],
+    now: datetime,
+    config: DeliveryConfig,
+    ingest: Ingest | None,
+    report: DrainReport,
+) -> None:
+    """Deliver what governance let through, then record every row's outcome (committed)."""
     to_send = [r for r, (verdict, _) in zip(rows, decisions, strict=True) if verdict == "send"]
     outside = [r for r in to_send if r["channel"] != "trait"]
     delivered = dict(
@@ -576,7 +630,6 @@ def drain(
                 "ON CONFLICT DO NOTHING",
                 [h, now],
             )
-    return report
 
 
 def _result(
