@@ -80,7 +80,11 @@ def test_events_acknowledged_before_a_kill_9_survive_the_restart(tmp_path):
         ]
         for thread in threads:
             thread.start()
-        time.sleep(1.5)
+        before = len(acked)  # kill mid-load: once this round has acknowledgements
+        deadline = time.monotonic() + 20  # (a busy machine answers the first ones late)
+        while len(acked) < before + 400 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
         os.kill(server.pid, signal.SIGKILL)  # no shutdown, no checkpoint
         server.wait()
         stop.set()

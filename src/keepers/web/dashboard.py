@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, time
 from pathlib import Path
@@ -103,6 +104,7 @@ def dashboard_router(
 ) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     sessions = Sessions(admin_token)
+    cache = ReportCache(keepers)
 
     def check_login(email: str, password: str) -> str | None:
         if login is not None:
@@ -178,8 +180,8 @@ def dashboard_router(
     def overview(request: Request, as_of: str | None = None) -> Response:
         moment = _as_of(as_of)
         service = keepers.lifecycle
-        funnel = _try(lambda: service.report("funnel", moment))
-        churn = _try(lambda: service.report("churn", moment, periods="12"))
+        funnel = _try(lambda: cache.report("funnel", moment))
+        churn = _try(lambda: cache.report("churn", moment, periods="12"))
         stages = service.stages()
         return page(
             request,
@@ -193,7 +195,7 @@ def dashboard_router(
 
     @router.get("/fragments/clv-by-stage", response_class=HTMLResponse)
     def clv_fragment(request: Request, as_of: str | None = None) -> Response:
-        clv = _try(lambda: keepers.lifecycle.report("clv", _as_of(as_of)))
+        clv = _try(lambda: cache.report("clv", _as_of(as_of)))
         return page(request, "fragment_clv.html", clv=clv, as_of=as_of or "")
 
     # --- customers ---------------------------------------------------------------------------
@@ -259,7 +261,7 @@ def dashboard_router(
             return page(request, "report_lazy.html", name=name, as_of=as_of or "")
         options = dict(request.query_params)
         options.pop("as_of", None)
-        result = _try(lambda: keepers.lifecycle.report(name, _as_of(as_of), **options))
+        result = _try(lambda: cache.report(name, _as_of(as_of), **options))
         template = "fragment_report.html" if request.headers.get("HX-Request") else "report.html"
         return page(request, template, name=name, result=result, as_of=as_of or "")
 
@@ -357,6 +359,32 @@ templates.env.globals["who_link"] = who_link
 templates.env.globals["v_rows"] = lambda named: [
     {"": key, **row} for key, row in named.items() if isinstance(row, dict)
 ]
+
+
+class ReportCache:
+    """Reports "as of now" change only when a compute run changes the state: they are kept
+    per (report, options, last compute run) — so a page answers from memory until the next
+    run — and a past date is never cached twice in a row differently (it is keyed too)."""
+
+    def __init__(self, keepers: Keepers, size: int = 64) -> None:
+        self.keepers = keepers
+        self.size = size
+        self.kept: dict[tuple, Any] = {}
+        self.lock = threading.Lock()
+
+    def report(self, name: str, as_of: datetime | None, **options: Any) -> Any:
+        with self.keepers.db.transaction() as tx:
+            run = tx.execute("SELECT COALESCE(MAX(run_id), 0) FROM compute_runs")[0][0]
+        key = (name, as_of, tuple(sorted(options.items())), run)
+        with self.lock:
+            if key in self.kept:
+                return self.kept[key]
+        result = self.keepers.lifecycle.report(name, as_of, **options)
+        with self.lock:
+            self.kept[key] = result
+            while len(self.kept) > self.size:
+                self.kept.pop(next(iter(self.kept)))
+        return result
 
 
 def _local(target: str) -> str:
