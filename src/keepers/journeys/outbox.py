@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -42,6 +43,7 @@ from keepers.delivery.webhooks import deliver as deliver_webhook
 from keepers.engine.compute import utc
 from keepers.store.database import Database, Tx
 
+T = TypeVar("T")
 WEEK = timedelta(days=7)
 Ingest = Callable[[list[dict[str, Any]], str], Any]  # messages, source → IngestReport
 BACKOFF_FIRST_S = 30.0
@@ -93,6 +95,17 @@ class DrainReport:
             "rescheduled": self.rescheduled,
             "dead": self.dead,
         }
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run async delivery from sync code, also when this thread already runs an event loop
+    (a notebook, a browser-test driver): then in a short-lived worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def address_hash(address: str) -> str:
@@ -598,7 +611,7 @@ def _settle(
     delivered = dict(
         zip(
             (int(r["outbox_id"]) for r in outside),
-            asyncio.run(_deliver_all(outside, config)) if outside else [],
+            run_coroutine(_deliver_all(outside, config)) if outside else [],
             strict=True,
         )
     )

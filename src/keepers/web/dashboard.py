@@ -19,7 +19,7 @@ import hmac
 import json
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -214,7 +214,12 @@ def dashboard_router(
 
     @router.get("/segments", response_class=HTMLResponse)
     def segments(request: Request) -> Response:
-        return page(request, "segments.html", segments=keepers.lifecycle.segments_list())
+        return page(
+            request,
+            "segments.html",
+            segments=keepers.lifecycle.segments_list(),
+            trends=_segment_trends(keepers),
+        )
 
     @router.post("/segments/preview", response_class=HTMLResponse)
     def segment_preview(
@@ -245,6 +250,7 @@ def dashboard_router(
                 request,
                 "segments.html",
                 segments=keepers.lifecycle.segments_list(),
+                trends=_segment_trends(keepers),
                 error=_rule_error(exc),
                 form={"key": key, "rule": rule, "label": label},
                 status_code=400,
@@ -385,6 +391,41 @@ class ReportCache:
             while len(self.kept) > self.size:
                 self.kept.pop(next(iter(self.kept)))
         return result
+
+
+TREND_WEEKS = 8
+
+
+def _segment_trends(keepers: Keepers) -> dict[str, dict[str, Any]]:
+    """Members of every segment at the end of each of the last 8 weeks (from the stays in
+    `segment_memberships`, one query), with a small SVG line for the list."""
+    now = datetime.now(UTC)
+    moments = [now - timedelta(weeks=TREND_WEEKS - 1 - i) for i in range(TREND_WEEKS)]
+    values = ", ".join(
+        f"({i}, CAST('{m.isoformat()}' AS TIMESTAMPTZ))" for i, m in enumerate(moments)
+    )
+    with keepers.db.transaction() as tx:
+        rows = tx.execute(
+            f"SELECT m.segment, w.idx, count(*) FROM segment_memberships m "
+            f"JOIN (VALUES {values}) AS w(idx, moment) ON m.entered_at <= w.moment "
+            "AND (m.exited_at IS NULL OR m.exited_at > w.moment) GROUP BY 1, 2"
+        )
+    series: dict[str, list[int]] = {}
+    for segment, idx, n in rows:
+        series.setdefault(segment, [0] * TREND_WEEKS)[int(idx)] = int(n)
+    return {key: {"counts": counts, "svg": _sparkline(counts)} for key, counts in series.items()}
+
+
+def _sparkline(counts: list[int], width: int = 96, height: int = 22) -> Markup:
+    top = max(max(counts), 1)
+    step = width / max(len(counts) - 1, 1)
+    points = " ".join(
+        f"{i * step:.1f},{height - 2 - (height - 4) * c / top:.1f}" for i, c in enumerate(counts)
+    )
+    return Markup(
+        f'<svg width="{width}" height="{height}" role="img" aria-label="trend">'
+        f'<polyline fill="none" stroke="#2f6fed" stroke-width="1.5" points="{points}"/></svg>'
+    )
 
 
 def _local(target: str) -> str:
