@@ -1213,6 +1213,14 @@ def clv_fit(
 PARAM_NAMES = {"r", "alpha", "a", "b", "s", "beta", "p", "q", "v"}
 
 
+# --- sales: `keepers deals …`, `keepers leads …` (their module imports the helpers above) ---
+
+from keepers.cli_sales import deals_app, leads_app  # noqa: E402
+
+app.add_typer(deals_app, name="deals")
+app.add_typer(leads_app, name="leads")
+
+
 def main() -> None:
     app()
 

@@ -19,6 +19,7 @@ from keepers.errors import Overloaded, Unauthorized
 from keepers.ingest.writer import GroupCommitWriter, Job, JobResult, commit_jobs, utcnow
 from keepers.services import lifecycle
 from keepers.services.journeys import JourneyService
+from keepers.services.sales import SalesService
 from keepers.settings import Settings
 from keepers.store import Database, open_database
 from keepers.store.events import Rejection
@@ -201,6 +202,12 @@ class Keepers:
     @property
     def journeys(self) -> JourneyService:
         return JourneyService(self.db, self.settings, self.clock, self.ingest_messages)
+
+    @property
+    def sales(self) -> SalesService:
+        """Deals, MEDDIC, pipelines and lead scores; won accounts and newly qualified leads
+        become events through `ingest_messages`."""
+        return SalesService(self.db, self.clock, self.ingest_messages)
 
     # --- reads ----------------------------------------------------------------------------------
 
