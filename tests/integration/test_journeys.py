@@ -288,7 +288,7 @@ def test_quiet_hours_reschedule_and_the_frequency_cap_blocks(tmp_path: Any) -> N
                 trace["messages"][0]["last_error"] == "quiet hours until 2026-03-02T13:00:00+00:00"
             )
             clock.now = datetime(2026, 3, 2, 13, 0, 30, tzinfo=UTC)  # both emails due now
-            later = keepers.journeys.run()["delivery"]
+            later = keepers.journeys.run()["delivery"]  # "one", then "two": over the cap
             assert (later["sent"], later["blocked"]) == (1, 1) and len(sink.messages) == 1
             assert sink.messages[0]["Subject"] == "One"
             second = keepers.journeys.trace("two", "ny")["messages"][-1]
@@ -310,3 +310,62 @@ def test_bounces_and_unsubscribes_count_against_the_step(shop: tuple) -> None:
     keepers.journeys.unsubscribe(token, message=unquote(query))
     hello = keepers.journeys.stats("welcome")["steps"]["hello"]
     assert (hello["bounced"], hello["unsubscribed"], hello["messages_sent"]) == (1, 1, 1)
+
+
+def test_the_smtp_pool_keeps_one_session_for_many_messages() -> None:
+    import asyncio
+
+    from keepers.delivery.email import EmailTemplate, compose, message_id, render
+    from keepers.delivery.smtp import SmtpPool, SmtpSettings
+
+    rendered = render(EmailTemplate("Hi", "<p>hi</p>"), {})
+    messages = [
+        compose(
+            rendered,
+            sender="Shop <hello@shop.example>",
+            to=f"p{i}@mail.example",
+            message_id=message_id(f"k{i}", "shop.example"),
+            unsubscribe_url=None,
+            list_id=None,
+        )
+        for i in range(5)
+    ]
+    with smtp_sink() as sink:
+        sink.refuse["p2@mail.example"] = "550 5.1.1 user unknown"
+
+        async def send_all() -> list[Any]:
+            pool = SmtpPool(SmtpSettings(host="127.0.0.1", port=sink.port))
+            try:
+                return [await pool.send(m) for m in messages]
+            finally:
+                await pool.close()
+
+        outcomes = asyncio.run(send_all())
+    assert [o.status for o in outcomes] == ["sent", "sent", "failed", "sent", "sent"]
+    assert outcomes[2].suppress and len(sink.messages) == 4
+    assert sink.sessions == 1  # one connection and greeting, a refusal included
+
+
+def test_a_long_outage_keeps_each_customers_messages_in_step_order(shop: tuple) -> None:
+    keepers, clock, sink = shop
+    quick = {
+        **WELCOME,
+        "key": "quick",
+        "goal": None,
+        "steps": [
+            {"id": "one", "email": {"subject": "One", "html": UNSUB}},
+            {"id": "gap", "wait": "10m"},
+            {"id": "two", "email": {"subject": "Two", "html": UNSUB}},
+        ],
+    }
+    keepers.journeys.save({k: v for k, v in quick.items() if v is not None})
+    buy(keepers, clock, ["u0"])
+    sink.outage = "421 4.3.2 try later"
+    for _ in range(6):  # two hours of outage: "two" is due long before "one" gets through
+        clock.now += timedelta(minutes=20)
+        keepers.journeys.run()
+    sink.outage = None
+    for _ in range(3):
+        clock.now += timedelta(hours=7)
+        keepers.journeys.run()
+    assert [m["Subject"] for m in sink.to("u0@mail.example")] == ["One", "Two"]

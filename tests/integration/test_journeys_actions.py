@@ -81,7 +81,7 @@ def test_audience_upload_and_removal_on_withdrawn_consent(keepers: Keepers, meta
     keepers.journeys.set_consent("c", "ads", "withdrawn", channel="audience", source="test")
     buy(keepers, ["a", "b", "c"])
     result = keepers.journeys.run()
-    # a and b uploaded in one batch, c blocked; three trait updates
+    # a and b uploaded in one batch, c blocked; then the three trait updates
     assert (result["delivery"]["sent"], result["delivery"]["blocked"]) == (5, 1)
     assert meta.violations == []
     posts = [body for method, _, body in meta.requests if method == "POST"]

@@ -187,14 +187,13 @@ class _Misconfigured(Exception):
     change SmtpSettings, so retrying the message would not help."""
 
 
-async def _deliver(message: EmailMessage, settings: SmtpSettings) -> tuple[dict, str]:
-    """One SMTP session step by step, so each failure is known by where it happened rather
-    than by parsing aiosmtplib's messages. Returns (refused recipients, final reply)."""
+async def _session(settings: SmtpSettings) -> aiosmtplib.SMTP:
+    """A connected, greeted, secured and logged-in client."""
     client = aiosmtplib.SMTP(
         hostname=settings.host,
         port=settings.port,
         use_tls=settings.security == "tls",
-        start_tls=False,  # done below, after checking the relay offers it
+        start_tls=False,
         validate_certs=settings.validate_certs,
         cert_bundle=settings.cert_bundle,
         timeout=settings.timeout,
@@ -212,6 +211,66 @@ async def _deliver(message: EmailMessage, settings: SmtpSettings) -> tuple[dict,
             if not client.supports_extension("auth"):
                 raise _Misconfigured("the relay does not offer AUTH")
             await client.login(settings.username, settings.password)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+class SmtpPool:
+    """Open SMTP sessions kept between messages, so a batch pays one connection and one
+    handshake (TLS, AUTH) per session instead of per message. Use from one event loop; the
+    caller bounds concurrency (each concurrent send takes a session of its own)."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self.idle: list[aiosmtplib.SMTP] = []
+
+    async def send(self, message: EmailMessage) -> Outcome:
+        reference = str(message["Message-ID"]).strip() if message["Message-ID"] else None
+        reused = bool(self.idle)
+        try:
+            client = self.idle.pop() if reused else await _session(self.settings)
+        except _Misconfigured as exc:
+            detail = f"{self.settings.host}:{self.settings.port}: {exc}; check SmtpSettings"
+            return Outcome("failed", _one_line(detail), reference=reference)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            return _classify_exception(exc, self.settings, reference)
+        try:
+            refused, reply = await client.send_message(message)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, OSError) as exc:
+            client.close()
+            if reused:  # the relay closed an idle session: one fresh try, nothing was sent
+                return await self.send(message)
+            return _classify_exception(exc, self.settings, reference)
+        except aiosmtplib.SMTPException as exc:
+            outcome = _classify_exception(exc, self.settings, reference)
+            try:
+                await client.rset()
+                self.idle.append(client)
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+            return outcome
+        self.idle.append(client)
+        detail = _one_line(f"250 {reply}")
+        if refused:
+            detail = _one_line(f"{detail}; refused: {', '.join(sorted(refused))}")
+        return Outcome("sent", detail, code=250, reference=reference)
+
+    async def close(self) -> None:
+        while self.idle:
+            client = self.idle.pop()
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+
+
+async def _deliver(message: EmailMessage, settings: SmtpSettings) -> tuple[dict, str]:
+    """One SMTP session step by step, so each failure is known by where it happened rather
+    than by parsing aiosmtplib's messages. Returns (refused recipients, final reply)."""
+    client = await _session(settings)
+    try:
         refused, reply = await client.send_message(message)
     except BaseException:
         client.close()

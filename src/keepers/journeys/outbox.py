@@ -37,7 +37,7 @@ from keepers.delivery import Outcome
 from keepers.delivery.audiences import GoogleCustomerMatchClient, Member, MetaAudienceClient
 from keepers.delivery.email import EmailTemplate, TemplateError, compose, dkim_sign, render
 from keepers.delivery.email import sign_unsubscribe as sign_token
-from keepers.delivery.smtp import SmtpSettings, send
+from keepers.delivery.smtp import SmtpPool, SmtpSettings
 from keepers.delivery.tracking import track_html
 from keepers.delivery.webhooks import deliver as deliver_webhook
 from keepers.engine.compute import utc
@@ -132,14 +132,18 @@ def backoff(attempts: int) -> timedelta:
 
 def claim(tx: Tx, now: datetime, config: DeliveryConfig) -> list[dict[str, Any]]:
     """Mark up to `batch` due rows `sending` (attempts + 1) and return them with what
-    governance needs. The caller commits before delivering."""
+    governance needs. The caller commits before delivering. A row waits while an earlier
+    row of the same enrollment is still pending or sending, so a customer's messages arrive
+    in step order even through a long relay outage."""
     stale = now - timedelta(seconds=config.lease_seconds)
     skip = " FOR UPDATE SKIP LOCKED" if tx.dialect.name == "postgres" else ""
     ids = [
         r[0]
         for r in tx.execute(
-            "SELECT outbox_id FROM outbox WHERE (state = 'pending' AND next_attempt_at <= ?) "
-            "OR (state = 'sending' AND updated_at <= ?) ORDER BY next_attempt_at, outbox_id "
+            "SELECT outbox_id FROM outbox o WHERE ((state = 'pending' AND next_attempt_at <= ?) "
+            "OR (state = 'sending' AND updated_at <= ?)) AND NOT EXISTS (SELECT 1 FROM outbox p "
+            "WHERE p.enrollment_id = o.enrollment_id AND p.outbox_id < o.outbox_id "
+            "AND p.state IN ('pending', 'sending')) ORDER BY next_attempt_at, outbox_id "
             f"LIMIT ?{skip}",
             [now, stale, config.batch],
         )
@@ -351,10 +355,12 @@ def _variables(row: dict[str, Any], config: DeliveryConfig, list_id: str) -> dic
     }
 
 
-async def _deliver_email(row: dict[str, Any], config: DeliveryConfig) -> Outcome:
+async def _deliver_email(
+    row: dict[str, Any], config: DeliveryConfig, pool: SmtpPool | None
+) -> Outcome:
     payload = row["payload"]
     list_id = payload.get("list", "marketing")
-    if config.smtp is None:
+    if pool is None:
         return Outcome("retry", "no SMTP server configured (KEEPERS_SMTP_HOST)")
     try:
         rendered = render(
@@ -393,7 +399,7 @@ async def _deliver_email(row: dict[str, Any], config: DeliveryConfig) -> Outcome
     except Exception as exc:  # an address or header the message cannot carry
         message_text = getattr(exc, "message", str(exc))
         return Outcome("failed", f"cannot build the message: {message_text}")
-    return await send(message, config.smtp)
+    return await pool.send(message)
 
 
 async def _deliver_webhook(row: dict[str, Any], config: DeliveryConfig) -> Outcome:
@@ -467,13 +473,15 @@ async def _deliver_audiences(
     return out
 
 
-async def _deliver_all(rows: list[dict[str, Any]], config: DeliveryConfig) -> list[Outcome]:
+async def _deliver_all(
+    rows: list[dict[str, Any]], config: DeliveryConfig, pool: SmtpPool | None
+) -> list[Outcome]:
     gate = asyncio.Semaphore(config.concurrency)
 
     async def one(row: dict[str, Any]) -> Outcome:
         async with gate:
             if row["channel"] == "email":
-                return await _deliver_email(row, config)
+                return await _deliver_email(row, config, pool)
             return await _deliver_webhook(row, config)
 
     single = [r for r in rows if r["channel"] in ("email", "webhook")]
@@ -581,6 +589,19 @@ def drain(
     if not rows:
         return report
     report.claimed = len(rows)
+    return run_coroutine(_drain_claimed(db, rows, config, now, ingest, report))
+
+
+async def _drain_claimed(
+    db: Database,
+    rows: list[dict[str, Any]],
+    config: DeliveryConfig,
+    now: datetime,
+    ingest: Ingest | None,
+    report: DrainReport,
+) -> DrainReport:
+    """Deliver and record the claimed rows group by group, over SMTP sessions kept open
+    for the whole batch (the database writes between groups are short and synchronous)."""
     decisions = _decide(rows, now, config)
     single = [
         i
@@ -590,13 +611,20 @@ def drain(
     size = max(1, config.concurrency)
     groups = [sorted(set(range(len(rows))) - set(single))]
     groups += [single[i : i + size] for i in range(0, len(single), size)]
-    for group in filter(None, groups):
-        picked = [rows[i] for i in group]
-        _settle(db, picked, [decisions[i] for i in group], now, config, ingest, report)
+    pool = SmtpPool(config.smtp) if config.smtp is not None else None
+    try:
+        for group in filter(None, groups):
+            picked = [rows[i] for i in group]
+            await _settle(
+                db, picked, [decisions[i] for i in group], now, config, ingest, report, pool
+            )
+    finally:
+        if pool is not None:
+            await pool.close()
     return report
 
 
-def _settle(
+async def _settle(
     db: Database,
     rows: list[dict[str, Any]],
     decisions: list[tuple[str, str]],
@@ -604,6 +632,7 @@ def _settle(
     config: DeliveryConfig,
     ingest: Ingest | None,
     report: DrainReport,
+    pool: SmtpPool | None,
 ) -> None:
     """Deliver what governance let through, then record every row's outcome (committed)."""
     to_send = [r for r, (verdict, _) in zip(rows, decisions, strict=True) if verdict == "send"]
@@ -611,7 +640,7 @@ def _settle(
     delivered = dict(
         zip(
             (int(r["outbox_id"]) for r in outside),
-            run_coroutine(_deliver_all(outside, config)) if outside else [],
+            await _deliver_all(outside, config, pool) if outside else [],
             strict=True,
         )
     )

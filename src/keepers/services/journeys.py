@@ -239,14 +239,15 @@ class JourneyService:
             return tick(tx, plan, when, email_domain=domain)
 
     def deliver(self, now: datetime | None = None) -> DrainReport:
-        """Drain everything due now, batch after batch."""
+        """Drain everything due now, batch after batch — a message waiting for an earlier
+        step of the same enrollment goes out in the next batch of the same run."""
         config = self.delivery_config()
         total = DrainReport()
         for _ in range(MAX_DRAIN_BATCHES):
             report = drain(self.db, config, now or self.clock(), self.ingest)
             for name, value in report.to_dict().items():
                 setattr(total, name, getattr(total, name) + value)
-            if report.claimed < config.batch:
+            if not report.claimed:
                 break
         return total
 

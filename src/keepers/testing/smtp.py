@@ -35,6 +35,7 @@ class SmtpSink:
     refuse: dict[str, str] = field(default_factory=dict)
     outage: str | None = None
     attempts: int = 0
+    sessions: int = 0  # EHLO greetings: one per connection (two with STARTTLS)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(
@@ -45,6 +46,14 @@ class SmtpSink:
             return reply
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
+
+    async def handle_EHLO(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        with self.lock:
+            self.sessions += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
