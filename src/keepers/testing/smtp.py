@@ -47,7 +47,7 @@ class SmtpSink:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    async def handle_EHLO(  # noqa: N802
+    async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         with self.lock:
