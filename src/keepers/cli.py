@@ -495,9 +495,17 @@ def demo(
     else:
         lifecycle, numbers = summary.pop("lifecycle"), summary.pop("headline")
         journeys = summary.pop("journeys", [])
+        deals, referrals = summary.pop("deals"), summary.pop("referrals")
         _summary_table(summary, f"Demo business ({customers:,} customers, seed {seed})")
         _stages_tables(lifecycle)
         _headline(numbers)
+        out.print(
+            f"deals: {deals['deals']:,} ({deals['open']:,} open); referrals: "
+            f"{referrals['referred']:,} customers referred by {referrals['referrers']:,} "
+            f"referrers, {referrals['converted']:,} bought — see `keepers deals priorities`, "
+            "`keepers referrals leaderboard`, `keepers report nps`",
+            highlight=False,
+        )
         for j in journeys:
             out.print(
                 f"journey [bold]{j['journey']}[/bold]: {j['entered']:,} entered, "
@@ -1219,6 +1227,12 @@ from keepers.cli_sales import deals_app, leads_app  # noqa: E402
 
 app.add_typer(deals_app, name="deals")
 app.add_typer(leads_app, name="leads")
+
+# --- referrals: `keepers referrals …` ---
+
+from keepers.cli_referrals import referrals_app  # noqa: E402
+
+app.add_typer(referrals_app, name="referrals")
 
 
 def main() -> None:

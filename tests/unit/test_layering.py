@@ -25,6 +25,8 @@ LAYERS = {
     "web": 5,
     "cli": 6,  # the outermost layer: it starts the web app
     "cli_sales": 6,  # `keepers deals|leads`: part of the CLI, uses its helpers
+    "cli_referrals": 6,  # `keepers referrals`
+    "referrals": 3.6,  # codes, attribution, reward ledger, fraud checks: SQL over the store
     "testing": 7,  # helpers for tests and benchmarks; nothing in the product imports them
 }
 

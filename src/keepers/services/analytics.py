@@ -21,6 +21,7 @@ from keepers.analytics import (
     cohorts,
     funnel,
     health,
+    nps,
     personas,
     products,
     rfm,
@@ -44,6 +45,7 @@ REPORTS: dict[str, Callable[..., dict[str, Any]]] = {
     "personas": personas.personas,
     "cross-sell": products.cross_sell,
     "replenishment": products.replenishment,
+    "nps": nps.nps,
 }
 WHO: dict[str, Callable[..., Any]] = {
     "funnel": funnel.who,
@@ -58,6 +60,7 @@ WHO: dict[str, Callable[..., Any]] = {
     "personas": personas.who,
     "cross-sell": products.who_cross_sell,
     "replenishment": products.who_replenishment,
+    "nps": nps.who,
 }
 MAX_WHO = 10_000
 

@@ -33,11 +33,19 @@ def load_demo(
         loaded = keepers.count_events_from(DEMO_SOURCE) > 0
         if not loaded:
             _generate_into(keepers, customers, seed, progress)
+        keepers.sales.sync_from_events()  # deals and referrals are idempotent: rerun freely
+        keepers.referrals.sync(generate_codes=True)
         lifecycle = _compute_lifecycle(keepers, rebuild_history=not loaded)
         summary = keepers.status()
         summary["demo_seconds"] = round(time.perf_counter() - started, 1)
         summary["demo_loaded_earlier"] = loaded
         summary["lifecycle"] = lifecycle
+        with keepers.db.transaction() as tx:
+            deals, open_deals = tx.execute(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'open') FROM deals"
+            )[0]
+        summary["deals"] = {"deals": deals, "open": open_deals}
+        summary["referrals"] = keepers.referrals.metrics()
         summary["headline"] = headline(keepers)
         summary["journeys"] = demo_journeys(keepers)
         names = {key.name for key in keepers.list_write_keys()}

@@ -19,6 +19,7 @@ from keepers.errors import Overloaded, Unauthorized
 from keepers.ingest.writer import GroupCommitWriter, Job, JobResult, commit_jobs, utcnow
 from keepers.services import lifecycle
 from keepers.services.journeys import JourneyService
+from keepers.services.referrals import ReferralService
 from keepers.services.sales import SalesService
 from keepers.settings import Settings
 from keepers.store import Database, open_database
@@ -208,6 +209,12 @@ class Keepers:
         """Deals, MEDDIC, pipelines and lead scores; won accounts and newly qualified leads
         become events through `ingest_messages`."""
         return SalesService(self.db, self.clock, self.ingest_messages)
+
+    @property
+    def referrals(self) -> ReferralService:
+        """Codes, attribution, the reward ledger, fraud checks and the leaderboard;
+        conversions are announced as `Referral Converted` events through `ingest_messages`."""
+        return ReferralService(self.db, self.clock, self.ingest_messages)
 
     # --- reads ----------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""The server's clock: an incremental compute every `compute_interval_s`, so stages,
-segments and change records follow the events without anyone running `keepers compute`;
+"""The server's clock: every `compute_interval_s` the CRM deals and the referral programme
+are synced from the event log and then an incremental compute runs, so deals, rewards,
+stages, segments and change records follow the events without anyone running a command;
 and every `journey_interval_s` a journey run (enroll, advance, deliver the outbox).
 
 One thread, one run at a time; a failed run is logged and retried at the next tick (the
@@ -43,6 +44,7 @@ class ComputeScheduler:
             self.tick()
 
     def tick(self) -> None:
+        self.sync()
         try:
             report = self.keepers.compute()
         except Exception:
@@ -58,6 +60,19 @@ class ComputeScheduler:
                 report.segment_changes,
                 report.seconds,
             )
+
+    def sync(self) -> None:
+        """Deals and referrals first: what they announce (`Account Deal Won`, `Referral
+        Converted`) is then in the compute that follows. Each is idempotent."""
+        for name, run in (
+            ("deals", lambda: self.keepers.sales.sync_from_events()),
+            ("referrals", lambda: self.keepers.referrals.sync()),
+        ):
+            try:
+                run()
+            except Exception:
+                self.failures += 1
+                log.exception("scheduled %s sync failed; the next tick retries", name)
 
     def journeys(self) -> None:
         """Advance journeys and drain the outbox (on its own schedule)."""

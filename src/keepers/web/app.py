@@ -20,6 +20,7 @@ from keepers.web.api import api_router
 from keepers.web.dashboard import dashboard_router
 from keepers.web.journeys_api import journeys_router, mail_router
 from keepers.web.lifecycle_api import lifecycle_router
+from keepers.web.referrals_api import referrals_router
 from keepers.web.responses import install_error_handlers
 from keepers.web.sales_api import sales_router
 from keepers.web.tracking import tracking_router
@@ -70,6 +71,7 @@ def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
     app.include_router(lifecycle_router(keepers, admin_token))
     app.include_router(journeys_router(keepers, admin_token))
     app.include_router(sales_router(keepers, admin_token))
+    app.include_router(referrals_router(keepers, admin_token))
     app.include_router(mail_router(keepers))
     app.include_router(dashboard_router(keepers, admin_token))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
