@@ -31,12 +31,14 @@ import uvicorn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from keepers.services.access import AccessService, cli_principal  # noqa: E402
 from keepers.services.demo import load_demo  # noqa: E402
 from keepers.services.keepers import Keepers  # noqa: E402
 from keepers.settings import Settings  # noqa: E402
 from keepers.testing.postgres import free_port  # noqa: E402
 
 TOKEN = "bench-dashboard"
+LOGIN = "bench@keepers.local"
 PAGES = [
     "/",
     "/customers?q=gmail",
@@ -48,6 +50,9 @@ PAGES = [
     "/reports/health",
     "/reports/cross-sell",
     "/reports/replenishment",
+    "/reports/nps",
+    "/deals",
+    "/referrals",
     "/journeys",
     "/settings",
 ]
@@ -82,6 +87,8 @@ def main() -> int:
             settings, customers=args.customers, seed=1, fresh=True, progress=Progress(disable=True)
         )
     customers = keepers.status()["customers"]
+    access = AccessService(keepers.db, keepers.clock)
+    password = access.reset_user(LOGIN, "admin", by=cli_principal("bench"))
     app = create_app(settings, keepers)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
@@ -92,7 +99,8 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     results: dict[str, Any] = {}
     with httpx.Client(base_url=base, timeout=300) as client:
-        client.post("/login", data={"email": "bench@example.com", "password": TOKEN})
+        signed_in = client.post("/login", data={"email": LOGIN, "password": password})
+        assert signed_in.status_code == 303, signed_in.text
         for path in PAGES + SLOW:
             first = time.perf_counter()
             answer = client.get(path)

@@ -175,13 +175,20 @@ def _tune_gc() -> None:
     gc.set_threshold(200_000, 50, 100)
 
 
-def _serve(settings: Settings, keepers: Any) -> None:
+FIRST_ADMIN = "admin@keepers.local"
+
+
+def _serve(settings: Settings, keepers: Any, login: tuple[str, str] | None = None) -> None:
     import uvicorn
 
+    from keepers.services.access import AccessService, cli_principal
     from keepers.services.backends import write_server_info
     from keepers.web.app import create_app
 
     _check_port_free(settings.host, settings.port, keepers)
+    access = AccessService(keepers.db, keepers.clock)
+    if login is None and not access.has_users():  # the first start: one admin to sign in
+        login = (FIRST_ADMIN, access.reset_user(FIRST_ADMIN, "admin", by=cli_principal("serve")))
     web = create_app(settings, keepers)
     _tune_gc()
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
@@ -189,9 +196,14 @@ def _serve(settings: Settings, keepers: Any) -> None:
     info = write_server_info(settings.database_url, url, web.state.admin_token)
     out.print(
         f"Keepers {__version__} serving {settings.database_url} on [bold]{url}[/bold] "
-        f"(API docs: {url}/docs). Dashboard: {url}/ — sign in with any email and the "
-        f"password [bold]{web.state.admin_token}[/bold] (the admin token). "
-        "Press Ctrl+C to stop.",
+        f"(API docs: {url}/docs). Dashboard: {url}/"
+        + (
+            f" — sign in as [bold]{login[0]}[/bold] with the password [bold]{login[1]}[/bold] "
+            "(shown once; manage people with `keepers users …`)."
+            if login
+            else " — sign in with your user (`keepers users create EMAIL --role ROLE`)."
+        )
+        + " Press Ctrl+C to stop.",
         highlight=False,
         soft_wrap=True,
     )
@@ -317,12 +329,14 @@ def keys_revoke(
 ) -> None:
     """Revoke a write key; requests using it get 401 within a second."""
     from keepers.errors import NotFound
+    from keepers.services.backends import LocalBackend
     from keepers.services.keepers import Keepers
 
     keepers = Keepers.open(_settings(db))
     try:
         if not keepers.revoke_write_key(key_id):
             raise NotFound(f"no active write key {key_id!r}")
+        LocalBackend(keepers)._audit("key.revoke", f"key:{key_id}")
     finally:
         keepers.close()
     out.print(f"revoked {key_id}")
@@ -490,8 +504,9 @@ def demo(
             f"{settings.database_url} is in use by a running Keepers server (perhaps an "
             "earlier `make demo`); stop it with Ctrl+C, or give this demo its own file with --db"
         ) from None
+    login = summary.pop("login")
     if as_json:
-        _print_json({**summary, "write_key": write_key})
+        _print_json({**summary, "write_key": write_key, "login": login})
     else:
         lifecycle, numbers = summary.pop("lifecycle"), summary.pop("headline")
         journeys = summary.pop("journeys", [])
@@ -514,8 +529,12 @@ def demo(
             )
         if write_key:
             out.print(f"write key 'demo': [bold]{write_key}[/bold] (shown once)", highlight=False)
+        out.print(
+            f"dashboard login: [bold]{login['email']}[/bold] / [bold]{login['password']}[/bold]",
+            highlight=False,
+        )
     if serve_after:
-        _serve(settings, keepers)
+        _serve(settings, keepers, (login["email"], login["password"]))
     else:
         keepers.close()
 
@@ -993,7 +1012,7 @@ def journeys_create(
     already in it finish on their version)."""
     from keepers.services.journeys import read_journey_file
 
-    result = _journeys(db, "save", body=read_journey_file(file), actor="cli")
+    result = _journeys(db, "save", body=read_journey_file(file), actor=_actor())
     if as_json:
         _print_json(result)
         return
@@ -1233,6 +1252,15 @@ app.add_typer(leads_app, name="leads")
 from keepers.cli_referrals import referrals_app  # noqa: E402
 
 app.add_typer(referrals_app, name="referrals")
+
+# --- access: `keepers users …`, `keepers tokens …`, `keepers customers export|erase` ---
+
+from keepers.cli_access import audit, customers_app, tokens_app, users_app  # noqa: E402
+
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(customers_app, name="customers")
+app.command("audit")(audit)
 
 
 def main() -> None:

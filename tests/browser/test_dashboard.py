@@ -1,7 +1,8 @@
 """The dashboard in a real browser: Debian's Chromium through Playwright, against a real
-server started here on a small demo business. Sign in, open every page, find a customer,
-create a segment and see its live count, open a journey; screenshots are saved under
-`docs/screenshots/` (the README shows the overview)."""
+server started here on a small demo business. Sign in with the demo login, open every page,
+find a customer, create a segment and see its live count, open a journey; a page a role may
+not open is refused and personal data is masked for roles that may not see it; screenshots
+are saved under `docs/screenshots/` (the README shows the overview)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import uvicorn
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from rich.progress import Progress
 
+from keepers.services.access import AccessService, cli_principal
 from keepers.services.demo import load_demo
 from keepers.settings import Settings
 from keepers.testing.postgres import free_port
@@ -44,6 +46,11 @@ steps:
 """
 
 
+PASSWORD = "browser test password"
+PEOPLE = {"support": "sam@example.com", "marketing": "mia@example.com"}
+LOGIN: dict[str, str] = {}  # the demo's admin login, set by the server fixture
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: Any) -> Iterator[str]:
     from keepers.web.app import create_app
@@ -56,7 +63,12 @@ def server(tmp_path_factory: Any) -> Iterator[str]:
         journey_interval_s=0,
     )
     quiet = Progress(disable=True)
-    keepers, _, _ = load_demo(settings, customers=300, seed=7, fresh=True, progress=quiet)
+    keepers, summary, _ = load_demo(settings, customers=300, seed=7, fresh=True, progress=quiet)
+    LOGIN.update(summary["login"])
+    admin = cli_principal("tests")
+    access = AccessService(keepers.db, keepers.clock)
+    for role, email in PEOPLE.items():
+        access.create_user(email, role, PASSWORD, by=admin)
     journey = folder / "welcome.yaml"
     journey.write_text(JOURNEY)
     keepers.journeys.save_file(journey)
@@ -97,18 +109,19 @@ def page(browser: Browser, server: str) -> Iterator[Page]:
     assert errors == [], errors
 
 
-def sign_in(page: Page) -> None:
+def sign_in(page: Page, email: str | None = None, password: str = PASSWORD) -> None:
     page.goto("/")
     expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
-    page.fill("#email", "admin@example.com")
-    page.fill("#password", TOKEN)
+    page.fill("#email", email or LOGIN["email"])
+    page.fill("#password", password if email else LOGIN["password"])
     page.click("button[type=submit]")
     expect(page.locator("h1")).to_contain_text("Overview")
 
 
 def test_a_wrong_password_is_refused(page: Page) -> None:
     page.goto("/login")
-    page.fill("#password", "not-the-token")
+    page.fill("#email", LOGIN["email"])
+    page.fill("#password", "not-the-password")
     page.click("button[type=submit]")
     expect(page.locator(".error")).to_have_text("Wrong email or password.")
     page.goto("/customers")
@@ -191,5 +204,44 @@ def test_open_a_journey(page: Page) -> None:
 def test_posts_without_the_csrf_token_are_refused(page: Page, server: str) -> None:
     sign_in(page)
     answer = page.request.post(f"{server}/segments", form={"key": "x", "rule": "orders >= 1"})
-    assert answer.status == 400
-    assert "csrf_token" in answer.json()["message"]
+    assert answer.status == 403
+    assert answer.json()["code"] == "csrf_failed"
+
+
+def test_a_page_the_role_may_not_open_is_refused(page: Page) -> None:
+    sign_in(page, PEOPLE["support"])
+    expect(page.locator("nav")).not_to_contain_text("Settings")
+    answer = page.goto("/settings")
+    assert answer is not None and answer.status == 403
+    expect(page.locator("h1")).to_have_text("Not allowed")
+    expect(page.locator("main")).to_contain_text("users.manage")
+    page.screenshot(path=str(SHOTS / "forbidden.png"))
+
+
+def test_personal_data_is_masked_for_marketing_and_shown_to_support(page: Page) -> None:
+    sign_in(page, PEOPLE["marketing"])
+    page.goto("/customers")
+    page.fill("input[name=q]", "@")
+    first = page.locator("#results a").first
+    expect(first).to_be_visible()
+    href = first.get_attribute("href")
+    assert href
+    page.goto(href)
+    masked = page.locator("main").inner_text()
+    assert "***@" in masked
+    page.context.clear_cookies()
+    sign_in(page, PEOPLE["support"])
+    page.goto(href)
+    shown = page.locator("main").inner_text()
+    assert "***@" not in shown and "@" in shown
+
+
+def test_admins_add_users_and_read_the_audit_log(page: Page) -> None:
+    sign_in(page)
+    page.goto("/settings")
+    page.fill("#add-user input[name=email]", "new.analyst@example.com")
+    page.select_option("#add-user select[name=role]", "analyst")
+    page.click("#add-user button[type=submit]")
+    expect(page.locator("#new-password")).not_to_be_empty()
+    expect(page.locator("#users")).to_contain_text("new.analyst@example.com")
+    expect(page.locator("#audit")).to_contain_text("user.create")

@@ -636,7 +636,7 @@ def test_the_rest_api_saves_segments_and_definitions(api):
         "stage 'churned' changed",
     )
     history = api.get("/api/definitions/history").json()
-    assert [(h["version"], h["actor"]) for h in history] == [(2, "api"), (1, "api")]
+    assert [(h["version"], h["actor"]) for h in history] == [(2, "admin-token"), (1, "admin-token")]
     assert history[1]["summary"] == "segment 'big' created: revenue >= 100"
 
 

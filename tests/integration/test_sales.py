@@ -562,6 +562,7 @@ def client(store) -> Iterator[tuple[TestClient, Keepers]]:
 
     keepers, _ = store
     app = FastAPI()
+    app.state.keepers, app.state.admin_token = keepers, TOKEN  # what the guard reads
     install_error_handlers(app)
     app.include_router(sales_router(keepers, TOKEN))
     with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as test_client:

@@ -14,6 +14,7 @@ LAYERS = {
     "domain": 1,
     "models": 1,  # statistical models over NumPy arrays (BTYD, Gamma-Gamma): pure maths
     "store": 2,
+    "access": 2.5,  # users, sessions, tokens, audit, GDPR: its own tables; ingest drops the erased
     "ingest": 3,
     "demo": 3,
     "engine": 3,
@@ -26,6 +27,7 @@ LAYERS = {
     "cli": 6,  # the outermost layer: it starts the web app
     "cli_sales": 6,  # `keepers deals|leads`: part of the CLI, uses its helpers
     "cli_referrals": 6,  # `keepers referrals`
+    "cli_access": 6,  # `keepers users|tokens|audit|gdpr`
     "referrals": 3.6,  # codes, attribution, reward ledger, fraud checks: SQL over the store
     "testing": 7,  # helpers for tests and benchmarks; nothing in the product imports them
 }

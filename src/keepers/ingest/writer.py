@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from keepers.access.gdpr import drop_erased
 from keepers.domain.events import Event, to_json
 from keepers.errors import Overloaded, StoreUnavailable
 from keepers.store.database import Database
@@ -86,7 +87,9 @@ def _commit(db: Database, jobs: list[Job], now: datetime) -> list[JobResult]:
     batches = [job.prepared() for job in jobs if job.events]
     rejected = [r for job in jobs for r in job.rejected]
     with db.transaction() as tx:
-        new_keys = write_events(tx, batches, rejected, now)
+        # people erased under GDPR stay erased: their new events are dropped (acknowledged
+        # like duplicates, stored nowhere)
+        new_keys = write_events(tx, drop_erased(tx, batches), rejected, now)
     if len(new_keys) == sum(len(job.events) for job in jobs):  # the usual case: all new
         return [JobResult(stored=len(job.events), duplicates=0) for job in jobs]
     results = []

@@ -43,15 +43,40 @@ def write_server_info(database_url: str, url: str, admin_token: str) -> Path | N
     return path
 
 
+#: operations that change something: audited when run from the command line
+AUDITED = {
+    "lifecycle": {"segment_save", "segment_delete", "definitions_apply"},
+    "journeys": {"save", "save_file", "set_status"},
+}
+
+
+def cli_actor() -> str:
+    """Who is at the terminal, as histories and the audit log name them."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
 class LocalBackend:
     def __init__(self, keepers: Keepers) -> None:
         self.keepers = keepers
+
+    def _audit(self, action: str, target: str | None) -> None:
+        """Whoever can open the store is its administrator; what they change is audited."""
+        from keepers.services.access import AccessService, cli_principal
+
+        access = AccessService(self.keepers.db, self.keepers.clock)
+        access.record(cli_principal(cli_actor()), action, target)
 
     def status(self) -> dict[str, Any]:
         return self.keepers.status()
 
     def create_write_key(self, name: str) -> dict[str, str]:
         record, secret = self.keepers.create_write_key(name)
+        self._audit("key.create", f"key:{record.key_id}")
         return {"key_id": record.key_id, "name": record.name, "write_key": secret}
 
     def list_write_keys(self) -> list[dict[str, Any]]:
@@ -71,11 +96,20 @@ class LocalBackend:
 
     def lifecycle(self, operation: str, **params: Any) -> Any:
         """One `LifecycleService` operation, run here."""
-        return getattr(self.keepers.lifecycle, operation)(**params)
+        result = getattr(self.keepers.lifecycle, operation)(**params)
+        if operation in AUDITED["lifecycle"]:
+            self._audit(f"cli.{operation}", params.get("key"))
+        return result
 
     def journeys(self, operation: str, **params: Any) -> Any:
         """One `JourneyService` operation, run here."""
-        return getattr(self.keepers.journeys, operation)(**params)
+        result = getattr(self.keepers.journeys, operation)(**params)
+        if operation in AUDITED["journeys"]:
+            body = params.get("body")
+            key = body.get("key") if isinstance(body, dict) else None
+            target = params.get("key") or key
+            self._audit(f"cli.journeys.{operation}", target)
+        return result
 
     def close(self) -> None:
         self.keepers.close()

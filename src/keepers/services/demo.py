@@ -14,10 +14,12 @@ from rich.progress import Progress
 from keepers.domain.events import MessageRejected, normalize_message
 from keepers.errors import InvalidInput, Overloaded
 from keepers.ingest.writer import Job, JobResult
+from keepers.services.access import AccessService, cli_principal
 from keepers.services.keepers import Keepers
 from keepers.settings import Settings
 
 DEMO_SOURCE = "demo"
+DEMO_LOGIN = "demo@keepers.local"  # an admin with a new password on every `keepers demo`
 CHUNK = 5_000
 
 
@@ -48,6 +50,11 @@ def load_demo(
         summary["referrals"] = keepers.referrals.metrics()
         summary["headline"] = headline(keepers)
         summary["journeys"] = demo_journeys(keepers)
+        access = AccessService(keepers.db, keepers.clock)
+        summary["login"] = {
+            "email": DEMO_LOGIN,
+            "password": access.reset_user(DEMO_LOGIN, "admin", by=cli_principal("demo")),
+        }
         names = {key.name for key in keepers.list_write_keys()}
         write_key = None if "demo" in names else keepers.create_write_key("demo")[1]
     except BaseException:

@@ -233,7 +233,7 @@ def resolve_customer(tx: Tx, reference: str) -> int:
     """A customer id from our id, a userId, an anonymousId or an email; merged profiles
     lead to the customer they were merged into."""
     rows: list[tuple[Any, ...]] = []
-    if reference.isdigit():
+    if reference.isascii() and reference.isdigit() and len(reference) < 19:
         rows = tx.execute(
             "SELECT customer_id, merged_into FROM customers WHERE customer_id = ?",
             [int(reference)],

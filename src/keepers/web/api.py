@@ -1,26 +1,27 @@
 """The management API under /api: status, write keys, bulk ingest for the CLI.
 
-Guarded by the admin bearer token (settings `admin_token`, or the per-run token the server
-writes beside its DuckDB file for local CLI use). Roles and users come with the dashboard.
+Every route needs a permission (`keepers.web.permissions`): the admin bearer token (setting
+`admin_token`, or the per-run token the server writes beside its DuckDB file for local CLI
+use), an API token with a role, or a user's session.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from keepers.errors import NotFound, Unauthorized
+from keepers.errors import NotFound
 from keepers.services.keepers import Keepers
+from keepers.web.permissions import GuardedRoute
 
 ERR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad input.", **ERR},
-    401: {"description": "Missing or wrong admin token.", **ERR},
+    401: {"description": "Not logged in, or a wrong token.", **ERR},
+    403: {"description": "The role may not do this, or the CSRF token is missing.", **ERR},
     422: {"description": "A field is invalid.", **ERR},
 }
 
@@ -54,25 +55,12 @@ class IngestAnswer(BaseModel):
     rejected: list[dict[str, Any]]
 
 
-def admin_guard(admin_token: str) -> Callable[..., None]:
-    """A dependency that lets only holders of the admin bearer token through."""
-
-    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), admin_token.encode()
-        ):
-            raise Unauthorized("the management API needs 'Authorization: Bearer <admin token>'")
-
-    return require_admin
-
-
 def api_router(keepers: Keepers, admin_token: str) -> APIRouter:
     router = APIRouter(
         prefix="/api",
         tags=["management"],
         responses=RESPONSES,
-        dependencies=[Depends(admin_guard(admin_token))],
+        route_class=GuardedRoute,
     )
 
     @router.get("/status")

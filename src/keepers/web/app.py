@@ -7,15 +7,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from keepers import __version__
+from keepers.services.access import AccessService
 from keepers.services.keepers import Keepers
 from keepers.services.scheduler import ComputeScheduler
 from keepers.settings import Settings
+from keepers.web.access_api import AccessGuard, access_router
 from keepers.web.api import api_router
 from keepers.web.dashboard import dashboard_router
 from keepers.web.journeys_api import journeys_router, mail_router
@@ -58,6 +61,9 @@ def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
     )
     app.state.keepers = keepers
     app.state.admin_token = admin_token
+    access = AccessService(keepers.db, keepers.clock)
+    app.state.access_guard = AccessGuard(access, admin_token)
+    secure = secure_cookies(settings.public_url)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -67,13 +73,14 @@ def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(tracking_router(keepers))
+    app.include_router(access_router(keepers, admin_token, service=access, cookie_secure=secure))
     app.include_router(api_router(keepers, admin_token))
     app.include_router(lifecycle_router(keepers, admin_token))
     app.include_router(journeys_router(keepers, admin_token))
     app.include_router(sales_router(keepers, admin_token))
     app.include_router(referrals_router(keepers, admin_token))
     app.include_router(mail_router(keepers))
-    app.include_router(dashboard_router(keepers, admin_token))
+    app.include_router(dashboard_router(keepers, access, cookie_secure=secure))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health", tags=["health"])
@@ -88,6 +95,13 @@ def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
 
     _add_schemas(app)
     return app
+
+
+def secure_cookies(public_url: str | None) -> bool:
+    """Session cookies are Secure unless the server says it is reached over plain http on
+    another machine (browsers keep Secure cookies from http://127.0.0.1 and localhost)."""
+    url = urlsplit(public_url or "")
+    return url.scheme != "http" or url.hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def _add_schemas(app: FastAPI) -> None:

@@ -6,16 +6,16 @@ number `keepers report …` prints. Slow reports (CLV, personas) load after the 
 htmx fragments, so the page itself answers fast. Every number that counts customers links
 to the list of those customers (`/reports/NAME/customers?…`, the report's own `who`).
 
-Sign-in: `login(request, form)` is pluggable — the server passes a function that checks
-credentials and returns a principal; until user accounts exist it is the admin token.
-The session cookie is HttpOnly and SameSite=Strict, and every form carries a CSRF token
-derived from the session, checked on every POST.
+Sign-in is a user's email and password (`keepers users create`), the same sessions as
+`POST /api/login`: argon2id hashes, throttled failures, an HttpOnly SameSite cookie and a
+CSRF token per session that every form and htmx request carries. Each page needs a
+permission of the user's role (`keepers.access.roles`); a page the role may not open is a
+403 page (audited), and pages are rendered with personal data masked for roles without
+`customers.read_personal`. Every change made through a form is audited.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import threading
 from collections.abc import Callable
@@ -29,11 +29,18 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from keepers.errors import InvalidInput, KeepersError, NotFound
+from keepers.access import CsrfFailed, Forbidden, LoginThrottled
+from keepers.access.masking import mask_personal
+from keepers.access.roles import ROLE_DESCRIPTIONS
+from keepers.access.sessions import CSRF_HEADER, SESSION_COOKIE
+from keepers.errors import InvalidInput, KeepersError, NotFound, Unauthorized
+from keepers.services.access import AccessService, Principal
 from keepers.services.keepers import Keepers
+from keepers.web.access_api import clear_session_cookies, client_ip, set_session_cookies
+from keepers.web.dashboard_sales import add_sales_pages
+from keepers.web.permissions import REVENUE_REPORTS
 
 HERE = Path(__file__).parent
-COOKIE = "keepers_session"
 REPORT_PAGES = {
     "funnel": "Funnel",
     "churn": "Churn & retention",
@@ -46,6 +53,7 @@ REPORT_PAGES = {
     "cross-sell": "Cross-sell",
     "replenishment": "Replenishment",
     "lifecycle": "Active customers",
+    "nps": "NPS",
 }
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.filters["tojson_safe"] = lambda v: Markup(  # JSON inside <script>
@@ -71,73 +79,92 @@ def _num(value: Any) -> str:
 templates.env.filters["num"] = _num
 
 
-class Sessions:
-    """Signed session cookies: `principal|issued|mac`. The key is the server's secret, so
-    a restart with a new admin token signs everyone out."""
-
-    def __init__(self, secret: str) -> None:
-        self.key = hashlib.sha256(("keepers-dashboard\x00" + secret).encode()).digest()
-
-    def _mac(self, text: str) -> str:
-        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
-
-    def issue(self, principal: str) -> str:
-        body = f"{principal}|{int(datetime.now(UTC).timestamp())}"
-        return f"{body}|{self._mac(body)}"
-
-    def principal(self, cookie: str | None) -> str | None:
-        if not cookie or cookie.count("|") != 2:
-            return None
-        body, mac = cookie.rsplit("|", 1)
-        if not hmac.compare_digest(mac, self._mac(body)):
-            return None
-        return body.split("|", 1)[0]
-
-    def csrf(self, cookie: str) -> str:
-        return self._mac("csrf|" + cookie)[:32]
-
-
 def dashboard_router(
-    keepers: Keepers,
-    admin_token: str,
-    login: Callable[[str, str], str | None] | None = None,
+    keepers: Keepers, access: AccessService, *, cookie_secure: bool = True
 ) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    sessions = Sessions(admin_token)
     cache = ReportCache(keepers)
 
-    def check_login(email: str, password: str) -> str | None:
-        if login is not None:
-            return login(email, password)
-        return "admin" if hmac.compare_digest(password, admin_token) else None
+    def who(request: Request) -> Principal | None:
+        if not hasattr(request.state, "principal"):  # one session lookup per request
+            cookie = request.cookies.get(SESSION_COOKIE)
+            request.state.principal = access.session_principal(cookie)
+        principal: Principal | None = request.state.principal
+        return principal
 
-    def who(request: Request) -> str | None:
-        return sessions.principal(request.cookies.get(COOKIE))
-
-    def page(request: Request, template: str, **context: Any) -> Response:
+    def gate(request: Request, permission: str) -> Response | None:
+        """None when the signed-in user's role holds `permission`; else the answer to
+        give instead: the sign-in page, or a 403 page. Called before any work is done."""
         principal = who(request)
         if principal is None:
-            return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", 303)
-        cookie = request.cookies.get(COOKIE, "")
-        status = context.pop("status_code", 200)
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?{urlencode({'next': target})}", 303)
+        if not principal.can(permission):
+            return refuse(request, principal, permission)
+        return None
+
+    def refuse(request: Request, principal: Principal, permission: str) -> Response:
+        access.record(
+            principal,
+            "access.denied",
+            f"{request.method} {request.url.path}"[:300],
+            outcome="denied",
+            detail={"permission": permission},
+            ip=client_ip(request),
+        )
         return templates.TemplateResponse(
             request,
-            template,
-            {
-                "user": principal,
-                "csrf": sessions.csrf(cookie),
-                "reports": REPORT_PAGES,
-                "path": request.url.path,
-                **context,
-            },
-            status_code=status,
+            "forbidden.html",
+            {**_frame(request, principal), "permission": permission},
+            status_code=403,
         )
 
-    def posted(request: Request, csrf: str) -> str:
+    def page(
+        request: Request, template: str, permission: str = "reports.read", **context: Any
+    ) -> Response:
+        """A page for a signed-in user whose role holds `permission` (else the sign-in
+        page, or a 403 page), with personal data masked for roles that may not see it."""
+        stop = gate(request, permission)
+        if stop is not None:
+            return stop
         principal = who(request)
-        cookie = request.cookies.get(COOKIE, "")
-        if principal is None or not hmac.compare_digest(csrf, sessions.csrf(cookie)):
-            raise InvalidInput("csrf_token: missing or wrong (reload the page and try again)")
+        assert principal is not None  # gate() answered otherwise
+        status = context.pop("status_code", 200)
+        if not principal.can("customers.read_personal"):
+            context = {k: _mask(v) for k, v in context.items()}
+        return templates.TemplateResponse(
+            request, template, {**_frame(request, principal), **context}, status_code=status
+        )
+
+    def posted(
+        request: Request, csrf: str, permission: str = "definitions.write", *, audit: bool = True
+    ) -> Principal:
+        """The signed-in user making a change: the form's CSRF token (or htmx's
+        X-CSRF-Token header) must be the session's, the request must not come from another
+        site, and the role must hold `permission`; the change is audited."""
+        principal = who(request)
+        if principal is None:
+            raise Unauthorized("the session has ended; sign in again")
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            raise CsrfFailed("a change from another site is refused")
+        principal.check_csrf(csrf or request.headers.get(CSRF_HEADER))
+        if not principal.can(permission):
+            access.record(
+                principal,
+                "access.denied",
+                f"{request.method} {request.url.path}"[:300],
+                outcome="denied",
+                detail={"permission": permission},
+                ip=client_ip(request),
+            )
+            raise Forbidden(f"the {principal.role} role may not do this (needs {permission})")
+        if audit:
+            access.record(
+                principal,
+                f"dashboard.{request.method.lower()}",
+                f"{request.method} {request.url.path}"[:300],
+                ip=client_ip(request),
+            )
         return principal
 
     # --- sign-in ---------------------------------------------------------------------------
@@ -153,31 +180,47 @@ def dashboard_router(
         password: str = Form(""),
         next: str = Form("/"),
     ) -> Response:
-        principal = check_login(email, password)
-        if principal is None:
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            raise CsrfFailed("a sign-in from another site is refused")
+        again = {"next": _local(next), "email": email}
+        try:
+            result = access.login(
+                email,
+                password,
+                ip=client_ip(request),
+                replaces=request.cookies.get(SESSION_COOKIE),
+            )
+        except LoginThrottled as exc:
+            minutes = max(1, round(exc.retry_after_s / 60))
+            error = f"Too many failed sign-ins. Try again in {minutes} minute(s)."
+            headers = {"Retry-After": str(exc.retry_after_s)}
             return templates.TemplateResponse(
-                request,
-                "login.html",
-                {"next": _local(next), "error": "Wrong email or password.", "email": email},
-                status_code=401,
+                request, "login.html", {**again, "error": error}, 429, headers
+            )
+        except (Unauthorized, InvalidInput):
+            return templates.TemplateResponse(
+                request, "login.html", {**again, "error": "Wrong email or password."}, 401
             )
         response = RedirectResponse(_local(next), 303)
-        secure = request.url.scheme == "https"
-        response.set_cookie(
-            COOKIE, sessions.issue(principal), httponly=True, samesite="strict", secure=secure
-        )
+        set_session_cookies(response, result, access.session_lifetime, secure=cookie_secure)
         return response
 
     @router.post("/logout")
-    def logout() -> Response:
+    def logout(request: Request, csrf_token: str = Form("")) -> Response:
+        principal = who(request)
+        if principal is not None:
+            principal.check_csrf(csrf_token)
+            access.logout(request.cookies.get(SESSION_COOKIE, ""), ip=client_ip(request))
         response = RedirectResponse("/login", 303)
-        response.delete_cookie(COOKIE)
+        clear_session_cookies(response, secure=cookie_secure)
         return response
 
     # --- overview ----------------------------------------------------------------------------
 
     @router.get("/", response_class=HTMLResponse)
     def overview(request: Request, as_of: str | None = None) -> Response:
+        if stop := gate(request, "reports.read"):
+            return stop
         moment = _as_of(as_of)
         service = keepers.lifecycle
         funnel = _try(lambda: cache.report("funnel", moment))
@@ -195,28 +238,37 @@ def dashboard_router(
 
     @router.get("/fragments/clv-by-stage", response_class=HTMLResponse)
     def clv_fragment(request: Request, as_of: str | None = None) -> Response:
+        if stop := gate(request, "revenue.read"):
+            return stop
         clv = _try(lambda: cache.report("clv", _as_of(as_of)))
-        return page(request, "fragment_clv.html", clv=clv, as_of=as_of or "")
+        return page(request, "fragment_clv.html", "revenue.read", clv=clv, as_of=as_of or "")
 
     # --- customers ---------------------------------------------------------------------------
 
     @router.get("/customers", response_class=HTMLResponse)
     def customers(request: Request, q: str = "") -> Response:
+        if stop := gate(request, "customers.read"):
+            return stop
         rows = _search(keepers, q) if q.strip() else []
         name = "fragment_customers.html" if request.headers.get("HX-Request") else "customers.html"
-        return page(request, name, q=q, rows=rows)
+        return page(request, name, "customers.read", q=q, rows=rows)
 
     @router.get("/customers/{reference}", response_class=HTMLResponse)
     def customer(request: Request, reference: str) -> Response:
-        return page(request, "customer.html", **_customer(keepers, reference))
+        if stop := gate(request, "customers.read"):
+            return stop
+        return page(request, "customer.html", "customers.read", **_customer(keepers, reference))
 
     # --- segments ----------------------------------------------------------------------------
 
     @router.get("/segments", response_class=HTMLResponse)
     def segments(request: Request) -> Response:
+        if stop := gate(request, "segments.read"):
+            return stop
         return page(
             request,
             "segments.html",
+            "segments.read",
             segments=keepers.lifecycle.segments_list(),
             trends=_segment_trends(keepers),
         )
@@ -225,14 +277,15 @@ def dashboard_router(
     def segment_preview(
         request: Request, rule: str = Form(""), csrf_token: str = Form("")
     ) -> Response:
-        posted(request, csrf_token)
+        posted(request, csrf_token, "segments.read", audit=False)  # a preview changes nothing
+        view = "fragment_preview.html"
         if not rule.strip():
-            return page(request, "fragment_preview.html", preview=None, error=None)
+            return page(request, view, "segments.read", preview=None, error=None)
         try:
             preview = keepers.lifecycle.segment_preview(rule, 10)
-            return page(request, "fragment_preview.html", preview=preview, error=None)
+            return page(request, view, "segments.read", preview=preview, error=None)
         except KeepersError as exc:
-            return page(request, "fragment_preview.html", preview=None, error=_rule_error(exc))
+            return page(request, view, "segments.read", preview=None, error=_rule_error(exc))
 
     @router.post("/segments", response_class=HTMLResponse)
     def segment_save(
@@ -242,13 +295,14 @@ def dashboard_router(
         label: str = Form(""),
         csrf_token: str = Form(""),
     ) -> Response:
-        principal = posted(request, csrf_token)
+        principal = posted(request, csrf_token, "segments.write")
         try:
-            keepers.lifecycle.segment_save(key, rule, label or None, None, f"dashboard:{principal}")
+            keepers.lifecycle.segment_save(key, rule, label or None, None, principal.actor)
         except KeepersError as exc:
             return page(
                 request,
                 "segments.html",
+                "segments.read",
                 segments=keepers.lifecycle.segments_list(),
                 trends=_segment_trends(keepers),
                 error=_rule_error(exc),
@@ -263,28 +317,38 @@ def dashboard_router(
     def report(request: Request, name: str, as_of: str | None = None) -> Response:
         if name not in REPORT_PAGES:
             raise NotFound(f"no report page '{name}'")
+        need = _report_permission(name)
+        if stop := gate(request, need):
+            return stop
         if name in ("clv", "personas", "churn-risk") and not request.headers.get("HX-Request"):
-            return page(request, "report_lazy.html", name=name, as_of=as_of or "")
+            return page(request, "report_lazy.html", need, name=name, as_of=as_of or "")
         options = dict(request.query_params)
         options.pop("as_of", None)
         result = _try(lambda: cache.report(name, _as_of(as_of), **options))
         template = "fragment_report.html" if request.headers.get("HX-Request") else "report.html"
-        return page(request, template, name=name, result=result, as_of=as_of or "")
+        return page(request, template, need, name=name, result=result, as_of=as_of or "")
 
     @router.get("/reports/{name}/customers", response_class=HTMLResponse)
     def report_customers(request: Request, name: str, as_of: str | None = None) -> Response:
+        need = _report_permission(name)
+        if stop := gate(request, need) or gate(request, "customers.read"):
+            return stop
         cell = {k: v for k, v in request.query_params.items() if k != "as_of"}
         result = keepers.lifecycle.report_who(name, _as_of(as_of), 200, **cell)
-        return page(request, "who.html", name=name, result=result, cell=cell)
+        return page(request, "who.html", need, name=name, result=result, cell=cell)
 
     # --- journeys ----------------------------------------------------------------------------
 
     @router.get("/journeys", response_class=HTMLResponse)
     def journeys(request: Request) -> Response:
-        return page(request, "journeys.html", journeys=keepers.journeys.list())
+        if stop := gate(request, "journeys.read"):
+            return stop
+        return page(request, "journeys.html", "journeys.read", journeys=keepers.journeys.list())
 
     @router.get("/journeys/{key}", response_class=HTMLResponse)
     def journey(request: Request, key: str, customer: str = "") -> Response:
+        if stop := gate(request, "journeys.read"):
+            return stop
         shown = keepers.journeys.show(key)
         stats = keepers.journeys.stats(key)
         trace = _try(lambda: keepers.journeys.trace(key, customer)) if customer else None
@@ -292,6 +356,7 @@ def dashboard_router(
         return page(
             request,
             "journey.html",
+            "journeys.read",
             key=key,
             shown=shown,
             stats=stats,
@@ -304,23 +369,42 @@ def dashboard_router(
 
     @router.get("/settings", response_class=HTMLResponse)
     def settings_page(request: Request) -> Response:
-        s = keepers.settings
+        if stop := gate(request, "users.manage"):
+            return stop
         return page(
-            request,
-            "settings.html",
-            keys=keepers.list_write_keys(),
-            definitions=keepers.lifecycle.definitions_export(),
-            smtp={
-                "host": s.smtp_host or "not configured",
-                "port": s.smtp_port,
-                "security": s.smtp_security,
-                "from": s.email_from,
-                "consent mode": s.consent_mode,
-                "frequency cap": s.frequency_cap,
-                "quiet hours": s.quiet_hours or "none",
-            },
+            request, "settings.html", "users.manage", **_settings(keepers, access, who(request))
         )
 
+    @router.post("/settings/users", response_class=HTMLResponse)
+    def user_create(
+        request: Request,
+        email: str = Form(""),
+        role: str = Form(""),
+        csrf_token: str = Form(""),
+    ) -> Response:
+        principal = posted(request, csrf_token, "users.manage", audit=False)  # service audits
+        context = _settings(keepers, access, principal)
+        try:
+            created = access.create_user(email, role, by=principal, ip=client_ip(request))
+        except KeepersError as exc:
+            return page(
+                request,
+                "settings.html",
+                "users.manage",
+                **context,
+                user_error=str(exc),
+                status_code=400,
+            )
+        context = _settings(keepers, access, principal)
+        return page(request, "settings.html", "users.manage", **context, created=created)
+
+    @router.post("/settings/users/{user_id}/disable", response_class=HTMLResponse)
+    def user_disable(request: Request, user_id: str, csrf_token: str = Form("")) -> Response:
+        principal = posted(request, csrf_token, "users.manage", audit=False)  # service audits
+        access.disable_user(user_id, by=principal, ip=client_ip(request))
+        return RedirectResponse("/settings", 303)
+
+    add_sales_pages(router, keepers, page, posted, gate)
     return router
 
 
@@ -331,6 +415,61 @@ CHURN_GROUPS = {
     "lost": "lost",
     "reactivated": "reactivated",
 }
+
+
+def _settings(
+    keepers: Keepers, access: AccessService, principal: Principal | None
+) -> dict[str, Any]:
+    """Write keys, email delivery, users and roles, API tokens, the stage model and the
+    audit log — each shown to the roles that may manage or read it."""
+    s = keepers.settings
+    assert principal is not None
+    manage = principal.can("users.manage")
+    return {
+        "keys": keepers.list_write_keys() if principal.can("keys.manage") else [],
+        "definitions": keepers.lifecycle.definitions_export(),
+        "smtp": {
+            "host": s.smtp_host or "not configured",
+            "port": s.smtp_port,
+            "security": s.smtp_security,
+            "from": s.email_from,
+            "consent mode": s.consent_mode,
+            "frequency cap": s.frequency_cap,
+            "quiet hours": s.quiet_hours or "none",
+        },
+        "users": access.list_users(by=principal) if manage else [],
+        "tokens": access.list_tokens(by=principal) if principal.can("keys.manage") else [],
+        "roles": ROLE_DESCRIPTIONS,
+        "audit": access.audit(limit=50) if principal.can("audit.read") else [],
+    }
+
+
+NPS_CELLS = {"periods": "in_period", "by_stage": "stage", "by_segment": "segment"}
+NPS_COLUMNS = ("responses", "promoters", "passives", "detractors", "nps")
+
+
+def _report_permission(name: str) -> str:
+    return "revenue.read" if name in REVENUE_REPORTS else "reports.read"
+
+
+def _frame(request: Request, principal: Principal) -> dict[str, Any]:
+    """What every page's frame (nav, sign-out form) needs."""
+    return {
+        "user": principal.name,
+        "role": principal.role,
+        "can": principal.can,
+        "csrf": principal.csrf_token or "",
+        "reports": REPORT_PAGES,
+        "path": request.url.path,
+    }
+
+
+def _mask(value: Any) -> Any:
+    """Page data as a role without `customers.read_personal` may see it. Markup (charts,
+    sparklines) carries no personal data and stays as it is."""
+    if isinstance(value, Markup):
+        return value
+    return mask_personal(value)
 
 
 def who_link(name: str, section: str, row: dict[str, Any], column: str) -> str | None:
@@ -356,6 +495,11 @@ def who_link(name: str, section: str, row: dict[str, Any], column: str) -> str |
         and column in ("new", "returning", "resurrecting", "dormant")
     ):
         cell = {"in_period": row.get("period"), "status": column}
+    elif name == "nps" and section in NPS_CELLS and column in NPS_COLUMNS:
+        key = NPS_CELLS[section]  # the row's period, stage or segment
+        cell = {key: row.get(key.removeprefix("in_"))}
+        if column in ("promoters", "passives", "detractors"):
+            cell["group"] = column
     if cell is None or any(v is None for v in cell.values()):
         return None
     return f"/reports/{name}/customers?{urlencode(cell)}"

@@ -13,13 +13,14 @@ import asyncio
 import html
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
 from keepers.errors import InvalidInput
 from keepers.services.keepers import Keepers
-from keepers.web.api import ERR, RESPONSES, admin_guard
+from keepers.web.api import ERR, RESPONSES
+from keepers.web.permissions import GuardedRoute, acting
 
 PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
@@ -49,7 +50,7 @@ def journeys_router(keepers: Keepers, admin_token: str) -> APIRouter:
         prefix="/api",
         tags=["journeys"],
         responses=RESPONSES,
-        dependencies=[Depends(admin_guard(admin_token))],
+        route_class=GuardedRoute,
     )
 
     @router.get("/journeys")
@@ -60,7 +61,7 @@ def journeys_router(keepers: Keepers, admin_token: str) -> APIRouter:
     @router.post("/journeys")
     def save(body: dict[str, Any]) -> dict[str, Any]:
         """Create a journey, or a new version of one (customers in it finish on theirs)."""
-        return keepers.journeys.save(body, "api")
+        return keepers.journeys.save(body, acting())
 
     @router.get("/journeys/{key}", responses=NOT_FOUND)
     def show(key: str) -> dict[str, Any]:

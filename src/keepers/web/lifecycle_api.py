@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field
 
 from keepers.services.keepers import Keepers
-from keepers.web.api import ERR, RESPONSES, admin_guard
+from keepers.web.api import ERR, RESPONSES
+from keepers.web.permissions import GuardedRoute, acting, require_report
 
 NOT_FOUND = {404: {"description": "No such customer or segment.", **ERR}}
 
@@ -50,7 +51,7 @@ def lifecycle_router(keepers: Keepers, admin_token: str) -> APIRouter:
         prefix="/api",
         tags=["lifecycle"],
         responses=RESPONSES,
-        dependencies=[Depends(admin_guard(admin_token))],
+        route_class=GuardedRoute,
     )
     service = keepers.lifecycle
 
@@ -87,11 +88,11 @@ def lifecycle_router(keepers: Keepers, admin_token: str) -> APIRouter:
     @router.put("/segments/{key}")
     def save_segment(key: str, body: SegmentBody) -> dict[str, Any]:
         """Create or change a segment; its members are recomputed at once."""
-        return service.segment_save(key, body.rule, body.label, body.description, "api")
+        return service.segment_save(key, body.rule, body.label, body.description, acting())
 
     @router.delete("/segments/{key}", responses=NOT_FOUND)
     def delete_segment(key: str) -> dict[str, Any]:
-        return service.segment_delete(key, "api")
+        return service.segment_delete(key, acting())
 
     @router.get("/definitions")
     def definitions() -> dict[str, Any]:
@@ -101,7 +102,7 @@ def lifecycle_router(keepers: Keepers, admin_token: str) -> APIRouter:
     @router.put("/definitions")
     def apply_definitions(body: DefinitionsBody) -> dict[str, Any]:
         """Replace all definitions (validated first); recorded as a new version."""
-        return service.definitions_apply(body.definitions, "api")
+        return service.definitions_apply(body.definitions, acting())
 
     @router.get("/definitions/history")
     def history() -> list[dict[str, Any]]:
@@ -112,6 +113,7 @@ def lifecycle_router(keepers: Keepers, admin_token: str) -> APIRouter:
     def report(name: str, request: Request, as_of: AwareDatetime | None = None) -> dict[str, Any]:
         """An analytics report: funnel, churn, retention, cohorts, lifecycle, rfm, health …
         Other query parameters are the report's options (period, periods, by, mode …)."""
+        require_report(request.state.principal, name)
         return service.report(name, as_of, **_options(request, ("as_of",)))
 
     @router.get("/reports/{name}/customers", responses=NOT_FOUND)
@@ -123,6 +125,7 @@ def lifecycle_router(keepers: Keepers, admin_token: str) -> APIRouter:
     ) -> dict[str, Any]:
         """The customers behind one number of a report; the other query parameters name the
         cell (e.g. `segment=champions` for RFM, `in_period=2024-05&group=lost` for churn)."""
+        require_report(request.state.principal, name)
         return service.report_who(name, as_of, limit, **_options(request, ("as_of", "limit")))
 
     return router

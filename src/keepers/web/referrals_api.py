@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from keepers.services.keepers import Keepers
 from keepers.services.referrals import ReferralService
-from keepers.web.api import ERR, RESPONSES, admin_guard
+from keepers.web.api import ERR, RESPONSES
+from keepers.web.permissions import GuardedRoute, acting
 
 NOT_FOUND = {404: {"description": "No such customer or reward.", **ERR}}
 Limit = Query(100, ge=1, le=10_000)
@@ -57,7 +58,7 @@ def referrals_router(keepers: Keepers, admin_token: str) -> APIRouter:
         prefix="/api/referrals",
         tags=["referrals"],
         responses=RESPONSES,
-        dependencies=[Depends(admin_guard(admin_token))],
+        route_class=GuardedRoute,
     )
     service = ReferralService(keepers.db, keepers.clock, keepers.ingest_messages)
 
@@ -79,7 +80,7 @@ def referrals_router(keepers: Keepers, admin_token: str) -> APIRouter:
     @router.put("/programme")
     def set_programme(body: ProgrammeBody) -> dict[str, Any]:
         """Replace the rules (validated first); saved as a new version."""
-        return service.set_programme(body.programme, "api")
+        return service.set_programme(body.programme, acting())
 
     @router.get("/codes", responses=NOT_FOUND)
     def codes(customer: str | None = None, limit: int = Limit) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from keepers.errors import InvalidInput
@@ -20,7 +20,8 @@ from keepers.sales.pipeline import Pipeline
 from keepers.sales.records import DealCreate, DealUpdate, MeddicUpdate
 from keepers.services.keepers import Keepers
 from keepers.services.sales import SalesService
-from keepers.web.api import ERR, RESPONSES, admin_guard
+from keepers.web.api import ERR, RESPONSES
+from keepers.web.permissions import GuardedRoute, acting
 
 DEAL_NOT_FOUND = {404: {"description": "No such deal, pipeline or customer.", **ERR}}
 CUSTOMER_NOT_FOUND = {404: {"description": "No such customer.", **ERR}}
@@ -43,7 +44,7 @@ def sales_router(keepers: Keepers, admin_token: str) -> APIRouter:
         prefix="/api",
         tags=["sales"],
         responses=RESPONSES,
-        dependencies=[Depends(admin_guard(admin_token))],
+        route_class=GuardedRoute,
     )
     service = _sales(keepers)
 
@@ -66,7 +67,7 @@ def sales_router(keepers: Keepers, admin_token: str) -> APIRouter:
     @router.post("/deals", status_code=201, responses=DEAL_NOT_FOUND)
     def create(body: DealCreate) -> dict[str, Any]:
         """Create a deal (it enters its stage through the same gates as a move)."""
-        return service.create_deal(body.model_dump(exclude_unset=True), "api")
+        return service.create_deal(body.model_dump(exclude_unset=True), acting())
 
     @router.get("/deals/priorities")
     def priorities(
@@ -94,13 +95,15 @@ def sales_router(keepers: Keepers, admin_token: str) -> APIRouter:
     @router.put("/deals/{deal_id}/stage", responses=DEAL_NOT_FOUND)
     def move(deal_id: str, body: MoveBody) -> dict[str, Any]:
         """Move a deal to a stage; 400 `stage_gate` names what the gate misses."""
-        return service.move_deal(deal_id, body.stage, "api", body.reason)
+        return service.move_deal(deal_id, body.stage, acting(), body.reason)
 
     @router.put("/deals/{deal_id}/meddic/{element}", responses=DEAL_NOT_FOUND)
     def meddic(deal_id: str, element: str, body: MeddicUpdate) -> dict[str, Any]:
         """Set one scorecard element: status, evidence, who said it and when, the linked
         contact, the next step."""
-        return service.update_meddic(deal_id, element, body.model_dump(exclude_unset=True), "api")
+        return service.update_meddic(
+            deal_id, element, body.model_dump(exclude_unset=True), acting()
+        )
 
     @router.get("/pipelines/{key}", responses=DEAL_NOT_FOUND)
     def pipeline(key: str) -> dict[str, Any]:
@@ -113,7 +116,7 @@ def sales_router(keepers: Keepers, admin_token: str) -> APIRouter:
         data = body.model_dump(mode="json", exclude_none=True)
         if data["key"] != key:
             raise InvalidInput(f"key: the body names pipeline '{data['key']}', the path '{key}'")
-        return service.save_pipeline(data, "api")
+        return service.save_pipeline(data, acting())
 
     @router.post("/leads/score")
     async def score() -> dict[str, Any]:
@@ -135,7 +138,7 @@ def sales_router(keepers: Keepers, admin_token: str) -> APIRouter:
     def save_lead_model(body: LeadModel) -> dict[str, Any]:
         """Save the lead-scoring model (fit rules, engagement rules, thresholds)."""
         return service.save_lead_model(
-            body.model_dump(mode="json", by_alias=True, exclude_none=True), "api"
+            body.model_dump(mode="json", by_alias=True, exclude_none=True), acting()
         )
 
     @router.get("/leads/{customer}", responses=CUSTOMER_NOT_FOUND)
