@@ -1,16 +1,41 @@
 """Dashboard benchmark: server time of every page at the 95th percentile.
 
-A real server (uvicorn in this process) over a store of the demo business: every page is
-fetched `--repeat` times after one warm-up (templates and compiled queries are cached per
-process, as in production), and the time from request to the last byte is recorded. The
-reference, measured in the same run on the same store, is the plain DuckDB query behind
-the simplest number on the overview (`SELECT stage, count(*) FROM customer_state GROUP BY
-stage`), so the figures can be read against what the engine itself costs.
+A real server (uvicorn in this process) over a store: the demo business generated here
+(`--customers`), or an existing DuckDB file (`--db`). It signs in with a bench user it
+creates (admin role) and fetches every page, and the fragments htmx loads after a page,
+once cold and then `--repeat` times (templates, compiled queries and the per-run report
+cache warm, as in a running server); the time from request to the last byte is recorded.
+Then it runs one incremental compute, as the server's scheduler does every minute, and
+fetches everything once more (`after_run_ms`, the overview and its fragments first):
+every kept report is stale then, so this is what the first visitor after a run waits for.
+The reference, measured in the same run on the same store, is the plain DuckDB query
+behind the simplest number on the overview (`SELECT stage, count(*) FROM customer_state
+GROUP BY stage`), so the figures can be read against what the machine gives at the time.
 
-The issue's target is ≤ 300 ms at p95 on the 1M-customer data; this machine can generate
-that data but not in a session, so `--customers` says what was measured.
+The issue's target is ≤ 300 ms at p95 on the 1M-customer data. That store is built with
+the engine benchmark's generator and the CLI (about 1.5 min, 20 s and 7 min here):
 
-Usage: python bench/dashboard.py [--db PATH | --customers N] [--repeat 20] [--json].
+    python bench/engine_data.py --db /tmp/dash1m.duckdb   # 1M customers, 10M events
+    keepers compute --full --db /tmp/dash1m.duckdb
+    keepers compute --backfill --since 2024-11-01 --every week --db /tmp/dash1m.duckdb
+    keepers compute --db /tmp/dash1m.duckdb
+    python bench/dashboard.py --db /tmp/dash1m.duckdb --json
+
+The backfill gives the funnel, churn and NPS-by-stage reports a history (2.2M stage
+moves); without it they read one move per customer. The generated data has no deals,
+accounts or referral codes (`/deals` and `/referrals` are empty there) and no customer
+names (search reads emails only); it has NPS answers, orders and products.
+
+Measured 2026-11-24, 2 vCPU shared with other jobs (the reference moved 7.7–20 ms between
+runs), 979,954 customers, four runs: every page's p95 ≤ 283 ms (the worst is always the
+customer search, which reads every customer: 150–171 ms, 283 on the busiest machine),
+the overview 71–154 ms. After a compute run the overview itself answers in 0.12–0.32 s,
+but its funnel and churn fragments take 0.6–3.2 s, CLV 2.2–3.8 s (the BG/NBD expectations
+over 264k buyers), the cross-sell, replenishment and NPS reports 0.4–2.2 s: only reports
+kept from the previous run are fast.
+
+Usage: python bench/dashboard.py [--db PATH | --customers N] [--repeat 20] [--json]
+(`--json`: one JSON line on stdout).
 """
 
 from __future__ import annotations
@@ -56,7 +81,11 @@ PAGES = [
     "/journeys",
     "/settings",
 ]
-SLOW = ["/fragments/clv-by-stage"]  # loaded after the page, as htmx fragments
+SLOW = [  # loaded after the page, as htmx fragments
+    "/fragments/overview-funnel",
+    "/fragments/overview-churn",
+    "/fragments/clv-by-stage",
+]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -101,6 +130,9 @@ def main() -> int:
     with httpx.Client(base_url=base, timeout=300) as client:
         signed_in = client.post("/login", data={"email": LOGIN, "password": password})
         assert signed_in.status_code == 303, signed_in.text
+        # The session cookie is Secure (browsers send it to http://127.0.0.1, httpx does
+        # not): keep its value in a plain jar.
+        client.cookies = httpx.Cookies(dict(signed_in.cookies.items()))
         for path in PAGES + SLOW:
             first = time.perf_counter()
             answer = client.get(path)
@@ -118,6 +150,16 @@ def main() -> int:
                 "p95_ms": round(percentile(times, 0.95) * 1000, 1),
                 "fragment": path in SLOW,
             }
+        # What a user meets after the server's next scheduled compute run: every kept
+        # report is stale, the compiled queries are not. The overview and its fragments
+        # first, as a browser opening the dashboard asks for them.
+        started = time.perf_counter()
+        keepers.compute()
+        after_run_compute = time.perf_counter() - started
+        for path in [PAGES[0], *SLOW, *PAGES[1:]]:
+            started = time.perf_counter()
+            client.get(path).raise_for_status()
+            results[path]["after_run_ms"] = round((time.perf_counter() - started) * 1000, 1)
     with keepers.db.transaction() as tx:
         started = time.perf_counter()
         for _ in range(args.repeat):
@@ -128,6 +170,7 @@ def main() -> int:
     keepers.close()
     pages = {k: v for k, v in results.items() if not v["fragment"]}
     worst = max(pages, key=lambda k: pages[k]["p95_ms"])
+    slowest = max(results, key=lambda k: results[k]["after_run_ms"])
     report = {
         "customers": customers,
         "database": keepers.database_kind,
@@ -135,15 +178,21 @@ def main() -> int:
         "pages": results,
         "worst_page": worst,
         "worst_p95_ms": pages[worst]["p95_ms"],
+        "after_run_compute_s": round(after_run_compute, 2),
+        "slowest_after_run": slowest,
+        "slowest_after_run_ms": results[slowest]["after_run_ms"],
         "reference_stage_count_ms": round(reference * 1000, 2),
         "target_p95_ms": 300,
         "target_customers": 1_000_000,
     }
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report))
     else:
         for path, row in results.items():
-            print(f"{path:32} p50 {row['p50_ms']:8.1f} ms   p95 {row['p95_ms']:8.1f} ms")
+            print(
+                f"{path:32} first {row['first_ms']:8.1f}  p50 {row['p50_ms']:7.1f}  "
+                f"p95 {row['p95_ms']:7.1f}  after a run {row['after_run_ms']:8.1f} ms"
+            )
         print(f"reference stage count: {report['reference_stage_count_ms']} ms")
     return 0
 

@@ -694,6 +694,8 @@ def explain(
         f"[bold]{result['stage']}[/bold] as of {result['as_of'][:19]}",
         highlight=False,
     )
+    for field, why in result.get("missing", {}).items():
+        out.print(f"[yellow]{field} has no value on this day: {why}[/yellow]", highlight=False)
     for rule in result["stage_rules"]:
         _print_rule(rule["stage"], rule)
         if rule["matched"]:

@@ -184,18 +184,21 @@ def test_active_customer_lifecycle_by_hand(keepers: Keepers, shop: dict[str, int
 
 
 def test_rfm_scores_by_hand(keepers: Keepers, shop: dict[str, int]) -> None:
-    # Days since the last order on 04-01 (orders at noon): c1 16, c2 81, c3 55, c4 21, c6 11
-    # → R (most recent = 5): c2 1, c3 2, c4 3, c1 4, c6 5. Orders: c1 3, c4 2, the rest 1,
-    # ties by customer id → F: c2 1, c3 2, c6 3, c4 4, c1 5. Spend: c2 40, c3 50, c1 60,
-    # c6 80, c4 130 → M 1 … 5 in that order.
+    # Breakpoints: the five buyers at midnight 04-01 (the as-of moment), b_k = the value at
+    # position k of 5 (⌈k·5/5⌉); score = 1 + breakpoints strictly below the value.
+    # Days since the last order (orders at noon): c1 16, c2 81, c3 55, c4 21, c6 11; scored
+    # as −days, b = −81 −55 −21 −16 → R: c2 1, c3 2, c4 3, c1 4, c6 5. Orders 1 1 1 2 3,
+    # b = 1 1 1 2 → one order scores 1 (equal values, equal scores), c4's 2 scores 4, c1's 3
+    # scores 5. Spend: c2 40, c3 50, c1 60, c6 80, c4 130 → M 1 … 5 in that order. c6, one
+    # recent order, is a new customer.
     rows = {r["user_id"]: r for r in keepers.lifecycle.report_who("rfm", AS_OF, 100)["rows"]}
     scores = {u: (r["r"], r["f"], r["m"], r["segment"]) for u, r in rows.items()}
     assert scores == {
         "c1": (4, 5, 3, "loyal"),
         "c2": (1, 1, 1, "lost"),
-        "c3": (2, 2, 2, "hibernating"),
+        "c3": (2, 1, 2, "hibernating"),
         "c4": (3, 4, 5, "loyal"),
-        "c6": (5, 3, 4, "potential_loyalists"),
+        "c6": (5, 1, 4, "new"),
     }
     assert rows["c2"]["recency_days"] == 81
     summary = {s["segment"]: s for s in _report(keepers, "rfm")["segments"]}

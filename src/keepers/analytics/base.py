@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import calendar
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -81,6 +82,26 @@ class Context:
 
     def rows(self, key: Hashable, build: Callable[..., ir.Table], *moments: datetime) -> list[dict]:
         return self.arrow(key, build, *moments).to_pylist()
+
+    def staged_rows(self, key: Hashable, build: Callable[[], ir.Table]) -> list[dict]:
+        """Rows of a query that reads only staged tables (no moment): compiled once too."""
+        return self.tx.fetch_arrow(compiled_sql(self.tx, key, build, [])).to_pylist()
+
+    @contextmanager
+    def written(
+        self, table: ir.Table, key: Hashable, build: Callable[..., ir.Table]
+    ) -> Iterator[None]:
+        """`build(as_of)` written once into the temp table that `table` names, for the
+        report's several queries to read (instead of each working it out again); dropped
+        after them."""
+        name = table.get_name()
+        sql = compiled_sql(self.tx, key, build, [self.as_of])
+        self.tx.execute(f"DROP TABLE IF EXISTS {name}")
+        self.tx.execute(f"CREATE TEMP TABLE {name} AS {sql}")
+        try:
+            yield
+        finally:
+            self.tx.execute(f"DROP TABLE IF EXISTS {name}")
 
     def stage_periods(self, periods: list[Period]) -> None:
         table = pa.table(
@@ -179,9 +200,14 @@ def live_orders(as_of: ir.TimestampValue) -> ir.Table:
     )
 
 
-def stays(as_of: ir.TimestampValue) -> ir.Table:
-    """Each stay in a stage up to `as_of`: entered, left (null while it lasts)."""
+def stays(as_of: ir.TimestampValue, only: ir.Table | None = None) -> ir.Table:
+    """Each stay in a stage up to `as_of`: entered, left (null while it lasts). With
+    `only` (a table with a `customer_id` column), the stays of those customers alone: a
+    report that joins a few customers' stays need not number the whole history (the
+    window sorts every row; the database does not push a later join below it)."""
     h = STAGE_HISTORY.filter(STAGE_HISTORY.moved_at <= as_of)
+    if only is not None:  # IN (subquery), not a join chain: callers join the stays on
+        h = h.filter(h.customer_id.isin(only.customer_id))
     window = ibis.window(group_by=h.customer_id, order_by=h.moved_at)
     return h.select(
         h.customer_id,

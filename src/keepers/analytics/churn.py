@@ -40,12 +40,12 @@ def members(churned: str) -> Any:
 
     def build(as_of: ir.TimestampValue) -> ir.Table:
         p = PERIODS
-        s = stays(as_of)
         first_order = (
             live_orders(as_of)
             .group_by("customer_id")
             .aggregate(first_order_at=lambda o: o.ordered_at.min())
         )
+        s = stays(as_of, only=live_orders(as_of).select("customer_id"))  # buyers only
         s = s.join(first_order, "customer_id")
         # one join for both ends of the period (an outer join of two would be simpler to
         # read, but Ibis folds such join chains together wrongly)

@@ -10,10 +10,13 @@ Then:
   midnight of the as-of day, see `keepers.engine.clv`), so this report and a rule such as
   `p_alive < 0.3` always agree;
 - **expected spend** per future order from Gamma-Gamma (Fader, Hardie & Lee 2005b), fitted
-  on repeat buyers with their average repeat-order value (the first order left out, as the
-  model's authors do) — customers with one order get the population mean;
+  like BG/NBD once per day, on repeat buyers with their average repeat-order value (the first
+  order left out, as the model's authors do; of equally early orders the smallest is the
+  first) — customers with one order get the population mean;
 - **predicted CLV**: the expected orders in each of the next `months` months × expected
-  spend, discounted at `monthly_discount` a month.
+  spend, discounted at `monthly_discount` a month. With the defaults (90 days, 12 months,
+  1 %) expected orders and CLV are the rule fields `expected_orders_90d` and `clv_12m`
+  (`keepers.engine.expectation` computes them in SQL, within 1e-8 of these values).
 
 P(alive) bands: *alive* ≥ 0.7, *uncertain* ≥ 0.3, *likely gone* below — the churn risk of
 a shop without subscriptions. Everything is shown by the stage customers were in at the
@@ -32,11 +35,17 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from keepers.analytics.base import Context, live_orders, ratio
-from keepers.engine.clv import fit_day, purchase_model, rft
+from keepers.engine.clv import (
+    fit_day,
+    order_summary,
+    purchase_model,
+    repeat_spend,
+    rft,
+    spend_model,
+)
 from keepers.engine.compute import STATE, evaluate_as_of, state_exists
 from keepers.errors import InvalidInput, KeepersError
 from keepers.models.clv import customer_lifetime_value
-from keepers.models.gamma_gamma import fit_gamma_gamma
 
 BANDS = (("alive", 0.7), ("uncertain", 0.3), ("likely_gone", 0.0))
 VALUES = ibis.table(
@@ -55,14 +64,7 @@ DAYS_PER_WEEK = 7.0
 
 
 def order_values(as_of: ir.TimestampValue) -> ir.Table:
-    o = live_orders(as_of)
-    return o.group_by("customer_id").aggregate(
-        orders=o.count(),
-        first=o.ordered_at.min().epoch_seconds().cast("float64"),
-        last=o.ordered_at.max().epoch_seconds().cast("float64"),
-        revenue=o.value.sum(),
-        first_value=o.value.argmin(o.ordered_at),
-    )
+    return order_summary(live_orders(as_of))
 
 
 def _value(ctx: Context, horizon_days: int, months: int, monthly_discount: float) -> dict:
@@ -88,17 +90,16 @@ def _value(ctx: Context, horizon_days: int, months: int, monthly_discount: float
     orders = column["orders"].astype(np.float64)
     x, t_x, age = rft(orders, column["first"], column["last"], ctx.as_of.timestamp())
     revenue = column["revenue"].astype(np.float64)
-    repeat_value = np.divide(revenue - column["first_value"], x, out=np.zeros_like(x), where=x > 0)
+    _, repeat_value, positive = repeat_spend(orders, revenue, column["first_value"])
     warnings: list[str] = []
-    spend = gg = None
+    spend = clv = None
+    gg, why = spend_model(ctx.tx, ctx.as_of)
     with threadpool_limits(limits=1, user_api="blas"):
         alive = model.probability_alive(x, t_x, age)
         expected = model.conditional_expected_purchases(horizon_days / DAYS_PER_WEEK, x, t_x, age)
-        positive = (x > 0) & (repeat_value > 0)
         try:
-            gg = fit_gamma_gamma(x[positive], repeat_value[positive]).model
-            if gg.q <= 1:
-                raise InvalidInput(f"its population mean spend is infinite (q = {gg.q:.3g})")
+            if gg is None:
+                raise InvalidInput(why or "no repeat buyers")
             spend = gg.conditional_expected_spend(x, np.where(positive, repeat_value, 0.0))
             clv = customer_lifetime_value(
                 model, x, t_x, age, spend, months=months, monthly_discount_rate=discount

@@ -52,6 +52,21 @@ GROUPS = ("promoters", "passives", "detractors")
 ALL = "all"
 BYS = ("none", "persona")
 MAX_SAMPLES = 50
+STAGED = ibis.table(  # `counted` as the report stages it ("group" is reserved in SQL)
+    {
+        "customer_id": "int64",
+        "idx": "int64",
+        "period": "string",
+        "answered_at": TS,
+        "score": "float64",
+        "comment": "string",
+        "answer_group": "string",
+        "stage": "string",
+    },
+    name="_kp_nps",
+)
+COUNTED = STAGED.rename(group="answer_group")
+STAGED_ARROW = STAGED.schema().to_pyarrow()  # a column of nulls comes back typeless
 MEMBERSHIPS = ibis.table(
     {"segment": "string", "customer_id": "int64", "entered_at": TS, "exited_at": TS},
     name="segment_memberships",
@@ -100,7 +115,7 @@ def counted(jsonb: bool) -> Any:
         order = [ibis.desc(x.answered_at), ibis.desc(x.score)]
         x = x.mutate(n=ibis.row_number().over(group_by=[x.customer_id, x.idx], order_by=order))
         last = x.filter(x.n == 0)
-        s = stays(as_of)
+        s = stays(as_of, only=last.select("customer_id"))
         joined = last.left_join(
             s,
             (last.customer_id == s.customer_id)
@@ -171,16 +186,24 @@ def nps(
     jsonb = ctx.tx.dialect.name == "postgres"
     build = counted(jsonb)
     all_answers = answers(jsonb)
+    key = ("nps", jsonb, whole)
+    # The counted answers take a scan of every event and a window over the stage
+    # history; worked out once and staged, the breakdowns below only read those rows.
+    found = ctx.arrow((*key, "counted"), build)
+    found = found.rename_columns(
+        ["answer_group" if c == "group" else c for c in found.column_names]
+    )
+    ctx.tx.stage(STAGED.get_name(), found.select(STAGED.columns).cast(STAGED_ARROW))
 
-    def per_period(as_of: ir.TimestampValue) -> ir.Table:
-        return _summary(build(as_of), "idx")
+    def per_period() -> ir.Table:
+        return _summary(COUNTED, "idx")
 
-    def per_stage(as_of: ir.TimestampValue) -> ir.Table:
-        t = build(as_of)
+    def per_stage() -> ir.Table:
+        t = COUNTED
         return _summary(t.filter(t.idx == ibis.literal(whole)), "stage")
 
-    def per_segment(as_of: ir.TimestampValue) -> ir.Table:
-        t = _with_segments(build(as_of))
+    def per_segment() -> ir.Table:
+        t = _with_segments(COUNTED)
         return _summary(t.filter(t.idx == ibis.literal(whole)), "segment")
 
     def raw(as_of: ir.TimestampValue) -> ir.Table:
@@ -189,8 +212,8 @@ def nps(
         a = a.filter(a.idx == ibis.literal(whole))
         return a.aggregate(answers=a.count(), ignored=(~a.valid).sum())
 
-    def feedback(as_of: ir.TimestampValue) -> ir.Table:
-        t = build(as_of)
+    def feedback() -> ir.Table:
+        t = COUNTED
         t = t.filter(t.idx == ibis.literal(whole), t.comment.notnull() & (t.comment != ""))
         order = [ibis.desc(t.answered_at), t.customer_id]
         t = t.mutate(n=ibis.row_number().over(group_by=t["group"], order_by=order))
@@ -198,8 +221,7 @@ def nps(
             "group", "customer_id", "score", "answered_at", "stage", "comment"
         )
 
-    key = ("nps", jsonb, whole)
-    by_idx = {r["idx"]: r for r in ctx.rows((*key, "periods"), per_period)}
+    by_idx = {r["idx"]: r for r in ctx.staged_rows((*key, "periods"), per_period)}
     totals = ctx.rows((*key, "raw"), raw)[0]
     rows = [{**s.to_dict(), **_row(by_idx.get(i, {}))} for i, s in enumerate(spans)]
     result: dict[str, Any] = {
@@ -211,15 +233,17 @@ def nps(
         "answers": int(totals["answers"] or 0),
         "ignored_answers": int(totals["ignored"] or 0),
         "periods": rows,
-        "by_stage": _ordered(ctx.rows((*key, "stages"), per_stage), "stage", _stage_order(ctx)),
+        "by_stage": _ordered(
+            ctx.staged_rows((*key, "stages"), per_stage), "stage", _stage_order(ctx)
+        ),
         "by_segment": _ordered(
-            ctx.rows((*key, "segments"), per_segment), "segment", _segment_order(ctx)
+            ctx.staged_rows((*key, "segments"), per_segment), "segment", _segment_order(ctx)
         ),
     }
     if by == "persona":
-        result["by_persona"] = _by_persona(ctx, build, whole, k)
+        result["by_persona"] = _by_persona(ctx, whole, k)
     if samples:
-        found = ctx.rows((*key, "feedback", samples), feedback)
+        found = ctx.staged_rows((*key, "feedback", samples), feedback)
         result["feedback"] = {
             g: [
                 {k2: _plain(v) for k2, v in r.items() if k2 != "group"}
@@ -259,21 +283,20 @@ def _ordered(rows: list[dict[str, Any]], name: str, order: list[str]) -> list[di
     return [{name: k, **_row(found[k])} for k in keys]
 
 
-def _by_persona(ctx: Context, build: Any, whole: int, k: int) -> list[dict[str, Any]]:
+def _by_persona(ctx: Context, whole: int, k: int) -> list[dict[str, Any]]:
     from keepers.analytics import personas
 
     fitted = personas.fit(ctx, k)
     names = {p["persona"]: p["name"] for p in personas._report(ctx, fitted)["personas"]}
     _stage_personas(ctx, fitted)
 
-    def per_persona(as_of: ir.TimestampValue) -> ir.Table:
-        t = build(as_of)
-        t = t.filter(t.idx == ibis.literal(whole))
+    def per_persona() -> ir.Table:
+        t = COUNTED.filter(COUNTED.idx == ibis.literal(whole))
         a = personas.ASSIGNED
         j = t.left_join(a, t.customer_id == a.customer_id)
         return _summary(j.select(*[t[c] for c in t.columns], persona=a.persona), "persona")
 
-    rows = ctx.rows(("nps_persona", ctx.tx.dialect.name == "postgres", whole), per_persona)
+    rows = ctx.staged_rows(("nps_persona", whole), per_persona)
     ordered = sorted(rows, key=lambda r: (r["persona"] is None, r["persona"] or 0))
     return [{"persona": r["persona"], "name": names.get(r["persona"]), **_row(r)} for r in ordered]
 

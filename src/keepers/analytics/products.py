@@ -50,12 +50,27 @@ import ibis
 import ibis.expr.types as ir
 
 from keepers.analytics.base import ORDERS, Context, live_orders, ratio, seconds_between
+from keepers.engine.plan import TS
 from keepers.errors import InvalidInput
 
 DAY = 86_400.0
 ITEMS = ibis.table(
     {"order_id": "string", "product_id": "string", "sku": "string", "name": "string"},
     name="order_items",
+)
+CYCLES = ibis.table(  # `cycles` as the replenishment report writes it for its queries
+    {
+        "customer_id": "int64",
+        "product": "string",
+        "purchases": "int64",
+        "gaps": "int64",
+        "last_at": TS,
+        "cycle_days": "float64",
+        "cycle_from": "string",
+        "expected_at": TS,
+        "status": "string",
+    },
+    name="_kp_cycles",
 )
 TRENDS = ("expanding", "steady", "contracting", "started", "stopped")
 STATUSES = ("due", "overdue", "lapsed", "later")
@@ -134,23 +149,36 @@ def rules(min_support: int) -> Any:
 
 def next_best(min_support: int) -> Any:
     """(customer_id, product, because, lift, confidence): each customer's best product to
-    offer next — the highest-lift one they have not bought, given one they have."""
+    offer next — the highest-lift one they have not bought, given one they have.
+
+    Every rule gets one global rank (lift, confidence, product, because: the offer order),
+    so a customer's offer is the rule of lowest rank whose `a` they own and `b` they do not.
+    A customer owning k products needs only the first k rules from each `a`: those have k
+    different `b`, at most k − 1 of them owned. That keeps the offers near Σ k² rows
+    instead of every owned product × every rule (31M rows at 1M customers)."""
     build_rules = rules(min_support)
 
     def build(as_of: ir.TimestampValue) -> ir.Table:
         r = build_rules(as_of)
         r = r.filter(r.lift > 1)
+        order = [ibis.desc(r.lift), ibis.desc(r.confidence), r.b, r.a]
+        r = r.mutate(rank=ibis.row_number().over(order_by=order))
+        r = r.mutate(a_rank=ibis.row_number().over(group_by=r.a, order_by=r["rank"]))
         own = owned(as_of)
-        offers = own.join(r, own.product == r.a).select(
-            own.customer_id, product=r.b, because=r.a, lift=r.lift, confidence=r.confidence
+        sizes = own.group_by("customer_id").aggregate(k=own.count())
+        mine = own.join(sizes, "customer_id")
+        offers = mine.join(r, (mine.product == r.a) & (r.a_rank < mine.k)).select(
+            mine.customer_id, product=r.b, rank=r["rank"]
         )
         have = own.view()
         fresh = offers.anti_join(
             have, (offers.customer_id == have.customer_id) & (offers.product == have.product)
         )
-        order = [ibis.desc(fresh.lift), ibis.desc(fresh.confidence), fresh.product, fresh.because]
-        ranked = fresh.mutate(rank=ibis.row_number().over(group_by="customer_id", order_by=order))
-        return ranked.filter(ranked["rank"] == 0).drop("rank")
+        best = fresh.group_by("customer_id").aggregate(rank=fresh["rank"].min())
+        chosen = best.join(r, best["rank"] == r["rank"])
+        return chosen.select(
+            best.customer_id, product=r.b, because=r.a, lift=r.lift, confidence=r.confidence
+        )
 
     return build
 
@@ -244,19 +272,19 @@ def cross_sell(
 ) -> dict[str, Any]:
     _check_affinity(top, min_support)
     change = _check_trend(window_days, change)
-    names = {r["product"]: r for r in ctx.rows(("products_catalogue",), catalogue)}
+    # Each query below reads every order line, so numbers that share one go in one query.
+    listed = ctx.rows(("cross_sell_catalogue",), _catalogue_and_buyers)
+    names = {r["product"]: r for r in listed}
+    customers = int(listed[0]["customers"]) if listed else 0
     build_pairs = pairs(min_support)
 
     def best_pairs(as_of: ir.TimestampValue) -> ir.Table:
         p = build_pairs(as_of)
+        p = p.mutate(pairs_total=p.a.count().over())  # before the limit: all pairs
         return p.order_by([ibis.desc(p.lift), ibis.desc(p.together), p.a, p.b]).limit(top)
 
-    def counted_pairs(as_of: ir.TimestampValue) -> ir.Table:
-        return build_pairs(as_of).aggregate(n=lambda t: t.count())
-
     top_pairs = ctx.rows(("cross_sell_pairs", min_support, top), best_pairs)
-    pair_count = int(ctx.rows(("cross_sell_pair_count", min_support), counted_pairs)[0]["n"])
-    customers = int(ctx.rows(("products_buyers",), _buyers)[0]["n"])
+    pair_count = int(top_pairs[0]["pairs_total"]) if top_pairs else 0
     return {
         "as_of": ctx.as_of.isoformat(),
         "basis": "customers",
@@ -270,9 +298,10 @@ def cross_sell(
     }
 
 
-def _buyers(as_of: ir.TimestampValue) -> ir.Table:
+def _catalogue_and_buyers(as_of: ir.TimestampValue) -> ir.Table:
+    """The catalogue, each row with the number of customers who bought anything."""
     own = owned(as_of)
-    return own.aggregate(n=own.customer_id.nunique())
+    return catalogue(as_of).mutate(customers=own.customer_id.nunique().as_scalar())
 
 
 def _pair(p: dict[str, Any], names: dict[str, dict], customers: int) -> dict[str, Any]:
@@ -297,17 +326,39 @@ def _next_best_summary(
 ) -> dict[str, Any]:
     build = next_best(min_support)
 
-    def by_product(as_of: ir.TimestampValue) -> ir.Table:
+    def counts_and_sample(as_of: ir.TimestampValue) -> ir.Table:
+        """Offers per product, and the strongest offers: one query, so the next-best
+        products are worked out once (the database keeps a CTE used twice)."""
         t = build(as_of)
-        return t.group_by("product").aggregate(customers=t.count(), avg_lift=t.lift.mean())
+        per = t.group_by("product").aggregate(customers=t.count(), avg_lift=t.lift.mean())
+        best = t.order_by([ibis.desc(t.lift), ibis.desc(t.confidence), t.customer_id])
+        best = best.limit(SAMPLE)
+        number, text = ibis.null("float64"), ibis.null("string")
+        return per.select(
+            "product",
+            "customers",
+            "avg_lift",
+            customer_id=ibis.null("int64"),
+            because=text,
+            lift=number,
+            confidence=number,
+        ).union(
+            best.select(
+                "product",
+                customers=ibis.null("int64"),
+                avg_lift=number,
+                customer_id=best.customer_id,
+                because=best.because,
+                lift=best.lift,
+                confidence=best.confidence,
+            )
+        )
 
-    def sample(as_of: ir.TimestampValue) -> ir.Table:
-        t = build(as_of)
-        return t.order_by([ibis.desc(t.lift), ibis.desc(t.confidence), t.customer_id]).limit(SAMPLE)
-
-    counts = ctx.rows(("next_best_counts", min_support), by_product)
+    found = ctx.rows(("next_best_summary", min_support), counts_and_sample)
+    counts = [r for r in found if r["customer_id"] is None]
     counts.sort(key=lambda r: (-int(r["customers"]), r["product"]))
-    rows = ctx.rows(("next_best_sample", min_support), sample)
+    rows = [r for r in found if r["customer_id"] is not None]
+    rows.sort(key=lambda r: (-r["lift"], -r["confidence"], r["customer_id"]))
     return {
         "customers": sum(int(r["customers"]) for r in counts),
         "products_offered": len(counts),
@@ -367,8 +418,8 @@ def replenishment(
     build = cycles(min_repeaters, min_repeat_share, window_days)
     names = {r["product"]: r for r in ctx.rows(("products_catalogue",), catalogue)}
 
-    def per_product(as_of: ir.TimestampValue) -> ir.Table:
-        t = build(as_of)
+    def per_product() -> ir.Table:
+        t = CYCLES
         flags = {s: (t.status == s).sum() for s in STATUSES}
         return t.group_by("product").aggregate(
             buyers=t.count(),
@@ -378,13 +429,12 @@ def replenishment(
             **flags,
         )
 
-    def per_status(as_of: ir.TimestampValue) -> ir.Table:
-        t = build(as_of)
+    def per_status() -> ir.Table:
+        t = CYCLES
         return t.group_by("status").aggregate(pairs=t.count(), customers=t.customer_id.nunique())
 
     def listed(as_of: ir.TimestampValue) -> ir.Table:
-        t = build(as_of)
-        t = t.filter(t.status.isin(["due", "overdue"]))
+        t = CYCLES.filter(CYCLES.status.isin(["due", "overdue"]))
         nearest = seconds_between(t.expected_at, as_of).abs()  # due soonest, just overdue
         ranked = t.mutate(
             n=ibis.row_number().over(
@@ -394,10 +444,12 @@ def replenishment(
         return ranked.filter(ranked.n < SAMPLE).drop("n")
 
     key = (min_repeaters, min_repeat_share, window_days)
-    products = ctx.rows(("replenish_products", *key), per_product)
+    # Each customer's cycles take windows over every order line: worked out once.
+    with ctx.written(CYCLES, ("replenish_cycles", *key), build):
+        products = ctx.staged_rows(("replenish_products",), per_product)
+        statuses = {r["status"]: r for r in ctx.staged_rows(("replenish_status",), per_status)}
+        rows = ctx.rows(("replenish_list",), listed)
     products.sort(key=lambda r: (-int(r["due"]) - int(r["overdue"]), r["product"]))
-    statuses = {r["status"]: r for r in ctx.rows(("replenish_status", *key), per_status)}
-    rows = ctx.rows(("replenish_list", *key), listed)
     return {
         "as_of": ctx.as_of.isoformat(),
         "window_days": window_days,

@@ -2,12 +2,12 @@
 
 Recency = whole days since the last order, frequency = orders, monetary = order value, all
 up to the as-of moment. Scores are quintiles 1–5 over the customers who have ordered, with
-recency reversed (most recent = 5) and frequency ranked with ties broken by customer id
-(the usual `pd.qcut(rank(method="first"))` recipe). Segments come from the R and F scores
-by the widely used map (hibernating `[1-2][1-2]`, at risk `[1-2][3-4]`, can't lose `[1-2]5`,
-about to sleep `3[1-2]`, need attention `33`, loyal `[3-4][4-5]`, promising `41`, new `51`,
-potential loyalists `[4-5][2-3]`, champions `5[4-5]`), with R = F = 1 split off from
-hibernating as *lost*. The first matching row wins.
+recency reversed (most recent = 5), scored against breakpoints fitted once per UTC day over
+every buyer; equal values always get equal scores. Segments come from the R and F scores by
+the widely used map (champions `5[4-5]`, loyal `[3-4][4-5]`, … lost `11`). Breakpoints,
+scores and segments are `keepers.engine.rfm`'s, the very expressions behind the rule fields
+`rfm_r`, `rfm_f`, `rfm_m` and `rfm_segment`, so a segment `rfm_segment == "champions"`
+holds exactly the customers `--who segment=champions` lists for the same moment.
 """
 
 from __future__ import annotations
@@ -18,47 +18,30 @@ import ibis
 import ibis.expr.types as ir
 
 from keepers.analytics.base import Context, live_orders, ratio, seconds_between
+from keepers.engine.rfm import SEGMENT_KEYS, SEGMENTS, RFMBreaks, rfm_breaks, rfm_scores
 from keepers.errors import InvalidInput
 
-# (key, label, recency scores, frequency scores), in priority order
-SEGMENTS: tuple[tuple[str, str, tuple[int, ...], tuple[int, ...]], ...] = (
-    ("lost", "Lost", (1,), (1,)),
-    ("hibernating", "Hibernating", (1, 2), (1, 2)),
-    ("at_risk", "At risk", (1, 2), (3, 4)),
-    ("cant_lose", "Can't lose them", (1, 2), (5,)),
-    ("about_to_sleep", "About to sleep", (3,), (1, 2)),
-    ("need_attention", "Need attention", (3,), (3,)),
-    ("loyal", "Loyal", (3, 4), (4, 5)),
-    ("promising", "Promising", (4,), (1,)),
-    ("new", "New customers", (5,), (1,)),
-    ("potential_loyalists", "Potential loyalists", (4, 5), (2, 3)),
-    ("champions", "Champions", (5,), (4, 5)),
-)
-SEGMENT_KEYS = tuple(s[0] for s in SEGMENTS)
+__all__ = ["SEGMENTS", "SEGMENT_KEYS", "members", "rfm", "who"]
 
 
-def segment_of(r: ir.IntegerValue, f: ir.IntegerValue) -> ir.StringValue:
-    return ibis.cases(*((r.isin(rs) & f.isin(fs), key) for key, _, rs, fs in SEGMENTS))
-
-
-def members(as_of: ir.TimestampValue) -> ir.Table:
-    """(customer_id, recency_days, frequency, monetary, r, f, m, segment)."""
+def members(as_of: ir.TimestampValue, breaks: RFMBreaks | None) -> ir.Table:
+    """(customer_id, recency_days, frequency, monetary, r, f, m, segment) of every buyer
+    scored against the day's breakpoints (none without them)."""
     o = live_orders(as_of)
     per = o.group_by("customer_id").aggregate(
         last_order_at=o.ordered_at.max(), frequency=o.count(), monetary=o.value.sum()
     )
     recency = (seconds_between(as_of, per.last_order_at) / 86_400).floor().cast("int64")
     per = per.mutate(recency_days=recency)
-    r = ibis.ntile(5).over(order_by=[ibis.desc(per.recency_days), per.customer_id]) + 1
-    f = ibis.ntile(5).over(order_by=[per.frequency, per.customer_id]) + 1
-    m = ibis.ntile(5).over(order_by=[per.monetary, per.customer_id]) + 1
-    scored = per.mutate(r=r.cast("int64"), f=f.cast("int64"), m=m.cast("int64"))
-    return scored.mutate(segment=segment_of(scored.r, scored.f)).drop("last_order_at")
+    scored = per.mutate(**rfm_scores(breaks, per.recency_days, per.frequency, per.monetary))
+    return scored.filter(scored.r.notnull()).drop("last_order_at")
 
 
 def rfm(ctx: Context) -> dict[str, Any]:
+    breaks = rfm_breaks(ctx.tx, ctx.as_of)
+
     def by_segment(as_of: ir.TimestampValue) -> ir.Table:
-        t = members(as_of)
+        t = members(as_of, breaks)
         return t.group_by("segment").aggregate(
             customers=t.count(),
             revenue=t.monetary.sum(),
@@ -68,14 +51,14 @@ def rfm(ctx: Context) -> dict[str, Any]:
         )
 
     def grid(as_of: ir.TimestampValue) -> ir.Table:
-        t = members(as_of)
+        t = members(as_of, breaks)
         return t.group_by(["r", "f"]).aggregate(customers=t.count())
 
-    segments = {r["segment"]: r for r in ctx.rows(("rfm",), by_segment)}
+    segments = {r["segment"]: r for r in ctx.rows(("rfm", breaks), by_segment)}
     total = sum(int(r["customers"]) for r in segments.values())
     revenue = sum(float(r["revenue"] or 0) for r in segments.values())
     cells = [[0] * 5 for _ in range(5)]
-    for c in ctx.rows(("rfm_grid",), grid):
+    for c in ctx.rows(("rfm_grid", breaks), grid):
         cells[int(c["r"]) - 1][int(c["f"]) - 1] = int(c["customers"])
     rows = []
     for key, title, rs, fs in SEGMENTS:
@@ -115,9 +98,10 @@ def who(
     for name, score in (("r", r), ("f", f)):
         if score is not None and not 1 <= score <= 5:
             raise InvalidInput(f"{name} must be a score from 1 to 5, not {score}")
+    breaks = rfm_breaks(ctx.tx, ctx.as_of)
 
     def build(as_of: ir.TimestampValue) -> ir.Table:
-        t = members(as_of)
+        t = members(as_of, breaks)
         conds = [ibis.literal(True)]
         if segment is not None:
             conds.append(t.segment == ibis.literal(segment))
@@ -129,4 +113,4 @@ def who(
             "customer_id", "recency_days", "frequency", "monetary", "r", "f", "m", "segment"
         )
 
-    return ("rfm_who", segment, r, f), build
+    return ("rfm_who", segment, r, f, breaks), build

@@ -83,6 +83,31 @@ BUILTIN_TRAITS: tuple[BuiltinTrait, ...] = (
         "probability the customer is still buying (BG/NBD on everyone's orders); none before "
         "the first order",
     ),
+    BuiltinTrait(
+        "rfm_r",
+        "number",
+        "recency score 1-5 (5 = most recent), quintiles of every buyer as the rfm report; "
+        "none before the first order",
+    ),
+    BuiltinTrait("rfm_f", "number", "frequency score 1-5 (orders), as the rfm report"),
+    BuiltinTrait("rfm_m", "number", "monetary score 1-5 (order value), as the rfm report"),
+    BuiltinTrait(
+        "rfm_segment",
+        "string",
+        "the rfm report's segment: champions, loyal, potential_loyalists, new, promising, "
+        "need_attention, about_to_sleep, at_risk, cant_lose, hibernating, lost",
+    ),
+    BuiltinTrait(
+        "expected_orders_90d",
+        "number",
+        "orders expected in the next 90 days (BG/NBD), as the clv report",
+    ),
+    BuiltinTrait(
+        "clv_12m",
+        "number",
+        "predicted revenue of the next 12 months, discounted 1 %/month (BG/NBD × "
+        "Gamma-Gamma), as the clv report",
+    ),
 )
 BUILTIN_KEYS = frozenset(t.key for t in BUILTIN_TRAITS)
 

@@ -1,4 +1,5 @@
-"""The purchase model behind the `p_alive` trait: BG/NBD fitted on every customer's orders.
+"""The day's purchase and spend models behind the `p_alive`, `expected_orders_90d` and
+`clv_12m` traits and the `clv` report: BG/NBD and Gamma-Gamma fitted on every customer's orders.
 
 `p_alive` is the probability that a customer has not silently stopped buying (Fader, Hardie
 & Lee 2005, "Counting your customers the easy way", eq. 13):
@@ -15,13 +16,16 @@ cached per process by the data it saw), while T still moves with the exact momen
 fewer than 10 buyers or 5 repeat buyers there is no fit and `p_alive` is missing for all.
 The fit is one aggregate query plus a vectorised maximum-likelihood fit; the values are
 then plain SQL arithmetic in the same rule query as every other trait.
+
+Gamma-Gamma (expected spend per future order) is fitted the same way, once per day on the
+repeat buyers' average repeat-order value (first order left out); expected orders and CLV
+as SQL are in `keepers.engine.expectation`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import ibis
 import ibis.expr.types as ir
@@ -31,14 +35,23 @@ from threadpoolctl import threadpool_limits
 from keepers.engine.sql import compiled_sql
 from keepers.errors import KeepersError
 from keepers.models.bgnbd import BGNBDModel, fit_bgnbd
+from keepers.models.gamma_gamma import GammaGammaModel, fit_gamma_gamma
 from keepers.store.database import Tx
 
-if TYPE_CHECKING:
-    from keepers.engine.plan import Plan
-
 ORDERS = ibis.table({"customer_id": "int64", "ordered_at": "timestamp('UTC')"}, name="orders")
+SPEND_ORDERS = ibis.table(
+    {
+        "customer_id": "int64",
+        "ordered_at": "timestamp('UTC')",
+        "revenue": "float64",
+        "total": "float64",
+    },
+    name="orders",
+)
+SPEND_COLUMNS = ("orders", "revenue", "first_value")
 WEEK = 604_800.0
 _FITS: dict[str, BGNBDModel | None] = {}
+_SPEND_FITS: dict[str, tuple[GammaGammaModel | None, str | None]] = {}
 
 
 def order_history(cutoff: ir.TimestampValue) -> ir.Table:
@@ -89,11 +102,64 @@ def purchase_model(tx: Tx, as_of: datetime) -> BGNBDModel | None:
     return _FITS[digest]
 
 
-def attach_purchase_model(tx: Tx, plan: Plan, as_of: datetime) -> Plan:
-    """Give `plan` the model its `p_alive` rules need at `as_of` (nothing when unused)."""
-    if plan.uses_p_alive:
-        plan.purchase_model = purchase_model(tx, as_of)
-    return plan
+def order_summary(orders: ir.Table) -> ir.Table:
+    """Per customer of `orders` (with a `value` column): orders, the first and last order
+    time in epoch seconds, revenue and the first order's value — of equally early orders,
+    the smallest, so the value never depends on row order."""
+    ranked = orders.mutate(
+        _first=ibis.row_number().over(
+            group_by=orders.customer_id, order_by=[orders.ordered_at, orders.value]
+        )
+    )
+    return ranked.group_by("customer_id").aggregate(
+        orders=ranked.count(),
+        first=ranked.ordered_at.min().epoch_seconds().cast("float64"),
+        last=ranked.ordered_at.max().epoch_seconds().cast("float64"),
+        revenue=ranked.value.sum(),
+        first_value=ranked.value.max(where=ranked._first == 0),
+    )
+
+
+def repeat_spend(orders: np.ndarray, revenue: np.ndarray, first_value: np.ndarray) -> tuple:
+    """(x, average repeat-order value, whether Gamma-Gamma can use it): the first order is
+    left out, as the model's authors do."""
+    x = np.asarray(orders, dtype=np.float64) - 1.0
+    repeat = np.asarray(revenue, dtype=np.float64) - np.asarray(first_value, dtype=np.float64)
+    value = np.divide(repeat, x, out=np.zeros_like(x), where=x > 0)
+    return x, value, (x > 0) & (value > 0)
+
+
+def spend_history(cutoff: ir.TimestampValue) -> ir.Table:
+    o = SPEND_ORDERS.filter(SPEND_ORDERS.ordered_at < cutoff)
+    return order_summary(o.mutate(value=o.revenue.coalesce(o.total, 0.0)))
+
+
+def spend_model(tx: Tx, as_of: datetime) -> tuple[GammaGammaModel | None, str | None]:
+    """Gamma-Gamma fitted on the repeat buyers' average repeat-order value, orders up to
+    midnight of `as_of`'s day (as the purchase model), or None and why not."""
+    cutoff = fit_day(as_of)
+    table = tx.fetch_arrow(compiled_sql(tx, ("clv_spend_history",), spend_history, [cutoff]))
+    columns = (table.column(c).to_numpy().astype(np.float64) for c in SPEND_COLUMNS)
+    x, value, usable = repeat_spend(*columns)
+    x, value = x[usable], value[usable]
+    order = np.lexsort((value, x))
+    digest = hashlib.sha1(np.stack([x[order], value[order]]).tobytes()).hexdigest()
+    if digest not in _SPEND_FITS:
+        _SPEND_FITS[digest] = _fit_spend(x, value)
+        if len(_SPEND_FITS) > 64:
+            _SPEND_FITS.pop(next(iter(_SPEND_FITS)))
+    return _SPEND_FITS[digest]
+
+
+def _fit_spend(x: np.ndarray, value: np.ndarray) -> tuple[GammaGammaModel | None, str | None]:
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            model = fit_gamma_gamma(x, value).model
+    except KeepersError as exc:
+        return None, exc.message
+    if model.q <= 1:
+        return None, f"its population mean spend is infinite (q = {model.q:.3g})"
+    return model, None
 
 
 def p_alive_sql(

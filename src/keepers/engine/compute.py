@@ -30,7 +30,7 @@ from typing import Any
 import ibis
 import pyarrow as pa
 
-from keepers.engine.clv import attach_purchase_model
+from keepers.engine.fitted import attach_models
 from keepers.engine.plan import (
     SEGMENT_ALL,
     TS,
@@ -118,7 +118,7 @@ def run_compute(
     computed elsewhere (Spark); the store then only applies the difference."""
     started = time.perf_counter()
     as_of = utc(as_of)
-    attach_purchase_model(tx, plan, as_of)
+    attach_models(tx, plan, as_of)
     if tx.dialect.name == "postgres":
         tx.execute("SELECT pg_advisory_xact_lock(?)", [COMPUTE_LOCK])
     last = last_run(tx)
@@ -138,7 +138,9 @@ def run_compute(
     else:
         recomputed = _refresh_affected(tx, plan, as_of, last["as_of"], max_seq)
     same_rules = last is not None and last["definitions_version"] == definitions_version
-    since = last["as_of"] if not full and same_rules else None
+    # fields fitted over everyone (p_alive, rfm_*, clv_12m …) can change for anyone with
+    # the day's models or the clock, so their rules are evaluated for everyone
+    since = last["as_of"] if not full and same_rules and not plan.model_fields else None
     _diff(tx, plan, as_of, outside=evaluated is not None, since=since)
     run_id = (last["run_id"] if last else 0) + 1
     moves, segment_changes = _apply(tx, plan, as_of, run_id, emit_changes)
@@ -472,7 +474,7 @@ def evaluate_as_of(tx: Tx, plan: Plan, as_of: datetime) -> str:
     """Everyone's traits, stage and segments as of a moment, into the temp table it names,
     without touching the stored state (`--as-of`)."""
     as_of = utc(as_of)
-    attach_purchase_model(tx, plan, as_of)
+    attach_models(tx, plan, as_of)
 
     def state(at: Any) -> Any:
         evaluated = plan.evaluate(plan.traits(at, jsonb=_jsonb(tx)), at)

@@ -9,9 +9,9 @@ from datetime import datetime
 from typing import Any
 
 import ibis
+import ibis.expr.types as ir
 
 from keepers.domain.rules import Call, Field, Node, source_of, walk
-from keepers.engine.clv import attach_purchase_model
 from keepers.engine.compile import explain_terms
 from keepers.engine.compute import (
     affected_traits,
@@ -19,6 +19,7 @@ from keepers.engine.compute import (
     temp_table,
     utc,
 )
+from keepers.engine.fitted import FIELDS, attach_models
 from keepers.engine.plan import DAYS_SINCE, Plan
 from keepers.store.database import Tx
 
@@ -26,30 +27,35 @@ from keepers.store.database import Tx
 def explain_customer(tx: Tx, plan: Plan, customer_id: int, as_of: datetime) -> dict[str, Any]:
     """Traits, stage rules and segments of one customer as of a moment."""
     as_of = utc(as_of)
-    attach_purchase_model(tx, plan, as_of)
+    attach_models(tx, plan, as_of)
     temp_table(tx, "_kp_affected", f"SELECT CAST({int(customer_id)} AS BIGINT) AS customer_id")
     traits_sql = render(tx, plan, "affected", lambda t: affected_traits(tx, plan, t), as_of)
     temp_table(tx, "_kp_one", traits_sql)
-    one = ibis.table(plan.state_schema(), name="_kp_one")
-    t = plan.evaluate(one, ibis.literal(as_of))
-    columns: dict[str, Any] = {}
     rules = [(f"stage:{key}", rule, node) for key, rule, node in plan.stage_rules]
     rules += [(f"segment:{key}", rule, node) for key, (rule, node) in plan.segment_rules.items()]
-    for index, (_, _, node) in enumerate(rules):
-        columns[f"_rule_{index}"] = plan.value(t, node)
-        for term_index, term in enumerate(explain_terms(node)):
-            columns[f"_term_{index}_{term_index}"] = plan.value(t, term)
-    t = t.mutate(**columns)
-    rows = tx.execute(ibis.to_sql(t, dialect=tx.dialect.name))
+
+    def explained(at: ir.TimestampValue) -> ir.Table:
+        t = plan.evaluate(ibis.table(plan.state_schema(), name="_kp_one"), at)
+        columns: dict[str, Any] = {}
+        for index, (_, _, node) in enumerate(rules):
+            columns[f"_rule_{index}"] = plan.value(t, node)
+            for term_index, term in enumerate(explain_terms(node)):
+                columns[f"_term_{index}_{term_index}"] = plan.value(t, term)
+        return t.mutate(**columns)
+
+    # compiled once per plan and process, as the compute's queries: compiling is the slow part
+    rows = tx.fetch_arrow(render(tx, plan, "explain", explained, as_of)).to_pylist()
     tx.execute("DROP TABLE IF EXISTS _kp_one")
     tx.execute("DROP TABLE IF EXISTS _kp_affected")
     if not rows:
         return {"exists": False, "as_of": as_of.isoformat()}
-    row = dict(zip(t.columns, rows[0], strict=True))
+    row = rows[0]
+    missing = dict(plan.models.missing)
     return {
         "exists": True,
         "as_of": as_of.isoformat(),
         "traits": _traits(plan, row),
+        **({"missing": missing} if missing else {}),
         "stage": row["new_stage"],
         "stage_rules": [
             _rule(plan, row, index, key.split(":", 1)[1], rule, node, "stage")
@@ -67,8 +73,7 @@ def explain_customer(tx: Tx, plan: Plan, customer_id: int, as_of: datetime) -> d
 def _traits(plan: Plan, row: dict[str, Any]) -> dict[str, Any]:
     names = [c for c in plan.state_schema() if not c.startswith("_") and c != "customer_id"]
     names += list(DAYS_SINCE)
-    if plan.uses_p_alive:
-        names.append("p_alive")
+    names += [name for name in FIELDS if name in plan.model_fields]
     traits = {name: _plain(row.get(name)) for name in names}
     for name, column in plan.profile_traits.items():
         traits[name] = _plain(row.get(column))

@@ -29,7 +29,6 @@ import ibis.expr.types as ir
 
 from keepers.domain.definitions import BUILTIN_TRAITS, Definitions, TraitDefinition
 from keepers.domain.rules import Call, FunctionSpec, Node, Scope, check, check_number, parse
-from keepers.engine.clv import p_alive_sql
 from keepers.engine.compile import (
     call_arguments,
     compile_condition,
@@ -37,8 +36,8 @@ from keepers.engine.compile import (
     literal_value,
     references,
 )
+from keepers.engine.fitted import FIELDS, FIRST_ORDER_VALUE, DayModels, fitted_values
 from keepers.errors import RuleError
-from keepers.models.bgnbd import BGNBDModel
 
 TS = "timestamp('UTC')"
 EVENT_COLUMNS = {
@@ -189,8 +188,10 @@ class Plan:
     segment_rules: dict[str, tuple[str, Node]] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # segment keys and "stage", evaluation order
     health_values: dict[str, tuple[str, Node]] = field(default_factory=dict)
-    uses_p_alive: bool = False  # a rule reads p_alive: the run must attach a purchase model
-    purchase_model: BGNBDModel | None = None
+    # fields fitted per day over everyone (p_alive, rfm_*, clv_12m …) some rule reads: the
+    # run must attach the day's models (`keepers.engine.fitted.attach_models`)
+    model_fields: frozenset[str] = frozenset()
+    models: DayModels = field(default_factory=DayModels)
 
     # --- building -----------------------------------------------------------------------------
 
@@ -225,7 +226,7 @@ class Plan:
         fields = {t.key: t.type for t in BUILTIN_TRAITS}
         fields.update(self.user_traits)
         fields["health_score"] = "number"
-        fields["p_alive"] = "number"
+        fields.update(FIELDS)
         if with_stage:
             fields["stage"] = "string"
         return Scope(fields=fields, prefixes={"traits": "any"}, functions=FUNCTIONS)
@@ -239,7 +240,7 @@ class Plan:
             exc.args = (exc.message,)
             raise
         fields, calls = references(node)
-        self.uses_p_alive = self.uses_p_alive or "p_alive" in fields
+        self.model_fields |= FIELDS.keys() & set(fields)
         for name in fields:
             if name.startswith("traits."):
                 self.profile_traits.setdefault(name, _hidden("t", name))
@@ -278,7 +279,13 @@ class Plan:
                     position=call.start,
                     length=call.end - call.start,
                 )
-        self.uses_p_alive = self.uses_p_alive or "p_alive" in fields
+        if "clv_12m" in fields and not self.keeps_first_order_value:
+            raise RuleError(
+                f"{what}: 'clv_12m' is not read by any lifecycle rule; use it in a segment "
+                "first (its spend model needs each customer's first order value stored)",
+                source=rule,
+            )
+        self.model_fields |= FIELDS.keys() & set(fields)
         return node
 
     def condition(self, t: ir.Table, node: Node) -> ir.BooleanValue:
@@ -376,12 +383,26 @@ class Plan:
     def signature(self) -> str:
         """Changes when the stored columns change: then a full recompute is needed."""
         parts = [repr(a) for a in self.aggregates] + sorted(self.profile_traits.items())
+        if self.keeps_first_order_value:
+            parts.append(FIRST_ORDER_VALUE)
         return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
     def fingerprint(self) -> str:
-        """Changes with any definition or purchase model: the key of compiled queries."""
-        body = self.definitions.model_dump_json() + repr(self.purchase_model)
+        """Changes with any definition or the day's models: the key of compiled queries."""
+        body = (
+            self.definitions.model_dump_json() + repr(sorted(self.model_fields)) + repr(self.models)
+        )
         return hashlib.sha1(body.encode()).hexdigest()[:16]
+
+    @property
+    def models_missing(self) -> bool:
+        """Whether a rule reads a fitted field the attached models were not fitted for."""
+        return bool(self.model_fields - self.models.fields)
+
+    @property
+    def keeps_first_order_value(self) -> bool:
+        """`clv_12m` needs each customer's first order value (Gamma-Gamma leaves it out)."""
+        return "clv_12m" in self.model_fields
 
     def windows(self) -> set[int]:
         return {a.days for a in self.aggregates if a.days}
@@ -395,6 +416,8 @@ class Plan:
             columns[column] = "string"
         for column in self._dated_columns():
             columns[_epoch_column(column)] = "float64"
+        if self.keeps_first_order_value:
+            columns[FIRST_ORDER_VALUE] = "float64"
         return columns
 
     def _dated_columns(self) -> list[str]:
@@ -421,7 +444,7 @@ class Plan:
         parts = [
             self._event_aggregates(events, as_of, json=False),
             self._event_aggregates(events, as_of, json=True),
-            _order_aggregates(orders),
+            _order_aggregates(orders, first_value=self.keeps_first_order_value),
             refunds.group_by("customer_id").aggregate(
                 refunds=refunds.count(), refunded_amount=refunds.amount.sum()
             ),
@@ -487,15 +510,9 @@ class Plan:
         for key, column in self.call_columns.items():
             if key[0] == "days_since":
                 derived[column + "_days"] = _days(epoch, state[_epoch_column(column)])
-        if self.uses_p_alive:
-            derived["p_alive"] = p_alive_sql(
-                self.purchase_model,
-                state.orders,
-                state[_epoch_column("first_order_at")],
-                state[_epoch_column("last_order_at")],
-                epoch,
-            )
         t = state.mutate(**derived)
+        if self.model_fields:
+            t = fitted_values(t, self.models, epoch, self.model_fields)
         t = t.mutate(health_score=self.health_score(t))
         for name in self.order:
             if name == "stage":
@@ -662,19 +679,28 @@ def _no_calls(call: Call) -> ir.Value:
     raise RuleError(f"functions cannot be used in a trait filter: {call.name}()")
 
 
-def _order_aggregates(orders: ir.Table) -> ir.Table:
+def _order_aggregates(orders: ir.Table, *, first_value: bool = False) -> ir.Table:
     ranked = orders.mutate(
         position=ibis.row_number().over(
             group_by=orders.customer_id, order_by=ibis.desc(orders.ordered_at)
         ),
         amount=orders.revenue.coalesce(orders.total, 0.0),
     )
+    extra = {}
+    if first_value:  # as `keepers.engine.clv.order_summary`: of equally early, the smallest
+        ranked = ranked.mutate(
+            _first=ibis.row_number().over(
+                group_by=ranked.customer_id, order_by=[ranked.ordered_at, ranked.amount]
+            )
+        )
+        extra[FIRST_ORDER_VALUE] = ranked.amount.max(where=ranked._first == 0)
     return ranked.group_by("customer_id").aggregate(
         orders=ranked.count(),
         revenue=ranked.amount.sum(),
         first_order_at=ranked.ordered_at.min(),
         last_order_at=ranked.ordered_at.max(),
         previous_order_at=ranked.ordered_at.max(where=ranked.position == 1),
+        **extra,
     )
 
 

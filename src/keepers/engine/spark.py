@@ -22,7 +22,7 @@ from typing import Any
 import ibis
 import pyarrow as pa
 
-from keepers.engine.clv import attach_purchase_model
+from keepers.engine.fitted import attach_models
 from keepers.engine.plan import Plan
 from keepers.errors import InvalidInput
 from keepers.store.database import Tx
@@ -76,7 +76,7 @@ def evaluate_on_spark(
     import pyarrow.parquet as pq
 
     as_of = as_of.astimezone(UTC)
-    attach_purchase_model(tx, plan, as_of)
+    attach_models(tx, plan, as_of)
     spark = spark_session(master, driver_memory)
     with tempfile.TemporaryDirectory(prefix="keepers-spark-") as scratch:
         for name, query in SOURCES.items():

@@ -36,8 +36,8 @@ import ibis
 import ibis.expr.types as ir
 
 from keepers.domain.journeys import CHANNELS, Journey, Step, duration_seconds
-from keepers.engine.clv import attach_purchase_model
 from keepers.engine.compute import state_exists, state_table, temp_table, utc
+from keepers.engine.fitted import attach_models
 from keepers.engine.plan import Plan
 from keepers.engine.sql import compiled_sql
 from keepers.journeys.store import current_journeys, journey_version, live_versions
@@ -126,7 +126,7 @@ class _Runner:
         self.tx, self.plan, self.now, self.report = tx, plan, now, report
         self.email_domain = email_domain
         self.has_state = state_exists(tx)
-        self.attached = False
+        self.attached = False  # the day's models, at `now`, for what the rules so far read
 
     # --- rules ---------------------------------------------------------------------------
 
@@ -137,8 +137,8 @@ class _Runner:
             return
         node = self.plan.read_only_rule(rule, what)
         temp_table(self.tx, "_kp_jone", "SELECT DISTINCT customer_id FROM _kp_jcand")
-        if self.plan.uses_p_alive and not self.attached:
-            attach_purchase_model(self.tx, self.plan, self.now)
+        if self.plan.model_fields and (self.plan.models_missing or not self.attached):
+            attach_models(self.tx, self.plan, self.now)
             self.attached = True
         state = state_table(self.plan)
         plan = self.plan

@@ -40,6 +40,7 @@ import ibis.expr.types as ir
 
 from keepers.domain.journeys import CHANNELS, Journey, Step, duration_seconds
 from keepers.engine.compute import evaluate_as_of, temp_table, utc
+from keepers.engine.fitted import attach_models
 from keepers.engine.plan import Plan
 from keepers.engine.sql import compiled_sql
 from keepers.errors import InvalidInput
@@ -176,6 +177,8 @@ class _Simulation:
         """`_kp_sim_rule(customer_id, ok)` for every customer in `_kp_sim_cand`, as of now."""
         node = self.plan.read_only_rule(rule, what)
         table = self._state()
+        if self.plan.models_missing:  # the rule reads a fitted field no rule before it did
+            attach_models(self.tx, self.plan, self.now)
         temp_table(self.tx, "_kp_sim_one", "SELECT DISTINCT customer_id FROM _kp_sim_cand")
         plan = self.plan
         schema = {**plan.state_schema(), "stage": "string", "segments": "string"}

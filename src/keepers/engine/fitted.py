@@ -1,0 +1,174 @@
+"""Rule fields fitted once per UTC day over every customer: `p_alive`, the RFM scores, and
+expected orders and CLV — each the same number its report shows for the same moment.
+
+A compute run evaluates rules over stored traits, often for a few customers only, while
+these numbers depend on everyone (a quintile, a fitted model). So, as for `p_alive`, what
+depends on everyone is fitted once per day on the orders before midnight UTC — BG/NBD and
+Gamma-Gamma parameters (`keepers.engine.clv`), RFM breakpoints (`keepers.engine.rfm`) — and
+attached to the plan; each customer's value is then plain SQL over their own stored traits
+at the exact moment. Only the fields some rule reads are fitted and computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import ibis
+import ibis.expr.types as ir
+
+from keepers.engine.clv import WEEK, fit_day, p_alive_sql, purchase_model, spend_model
+from keepers.engine.expectation import Expectation, expectation_for, horizon_table
+from keepers.engine.rfm import RFMBreaks, rfm_breaks, rfm_scores
+from keepers.models.bgnbd import BGNBDModel
+from keepers.models.gamma_gamma import GammaGammaModel
+from keepers.store.database import Tx
+
+if TYPE_CHECKING:
+    from keepers.engine.plan import Plan
+
+FIELDS = {
+    "p_alive": "number",
+    "rfm_r": "number",
+    "rfm_f": "number",
+    "rfm_m": "number",
+    "rfm_segment": "string",
+    "expected_orders_90d": "number",
+    "clv_12m": "number",
+}
+RFM_FIELDS = frozenset({"rfm_r", "rfm_f", "rfm_m", "rfm_segment"})
+EXPECTED_FIELDS = frozenset({"expected_orders_90d", "clv_12m"})
+PURCHASE_FIELDS = EXPECTED_FIELDS | {"p_alive"}
+FIRST_ORDER_VALUE = "_first_order_value"  # stored for clv_12m: Gamma-Gamma's repeat spend
+
+
+@dataclass(frozen=True)
+class DayModels:
+    """What the day's rule fields need, and why any of them is missing."""
+
+    purchase: BGNBDModel | None = None
+    expectation: Expectation | None = None
+    spend: GammaGammaModel | None = None
+    rfm: RFMBreaks | None = None
+    missing: tuple[tuple[str, str], ...] = ()  # (field, why it has no values today)
+    fields: frozenset[str] = frozenset()  # the fields these were fitted for
+
+
+def attach_models(tx: Tx, plan: Plan, as_of: datetime) -> Plan:
+    """Give `plan` the day's models its rules read at `as_of` (nothing when unused)."""
+    plan.models = day_models(tx, plan.model_fields, as_of)
+    if plan.model_fields & EXPECTED_FIELDS and tx.dialect.name == "postgres":
+        # a few thousand terms: LLVM would spend far longer compiling than running them
+        tx.execute("SET LOCAL jit = off")
+    return plan
+
+
+def day_models(tx: Tx, wanted: frozenset[str] | set[str], as_of: datetime) -> DayModels:
+    day = fit_day(as_of).date().isoformat()
+    missing: dict[str, str] = {}
+    purchase = expectation = spend = rfm = None
+    if wanted & PURCHASE_FIELDS:
+        purchase = purchase_model(tx, as_of)
+        if purchase is None:
+            why = f"fewer than 10 buyers or 5 repeat buyers before {day}: no purchase model"
+            missing.update(dict.fromkeys(wanted & PURCHASE_FIELDS, why))
+    if wanted & EXPECTED_FIELDS and purchase is not None:
+        found = expectation_for(purchase)
+        if isinstance(found, str):
+            missing.update(dict.fromkeys(wanted & EXPECTED_FIELDS, found))
+        else:
+            expectation = found
+    if "clv_12m" in wanted and expectation is not None:
+        spend, why = spend_model(tx, as_of)
+        if spend is None:
+            missing["clv_12m"] = f"Gamma-Gamma not fitted: {why}"
+    if wanted & RFM_FIELDS:
+        rfm = rfm_breaks(tx, as_of)
+        if rfm is None:
+            missing.update(dict.fromkeys(wanted & RFM_FIELDS, f"nobody ordered before {day}"))
+    return DayModels(
+        purchase, expectation, spend, rfm, tuple(sorted(missing.items())), frozenset(wanted)
+    )
+
+
+def fitted_values(
+    t: ir.Table, models: DayModels, now: ir.NumericValue, wanted: frozenset[str] | set[str]
+) -> ir.Table:
+    """`t` (stored traits plus `days_since_last_order`) with the wanted fields.
+
+    Each stage ends in a subquery with a volatile column, which PostgreSQL never pulls up
+    into the query above: the fields are computed once per customer, however many rules
+    read them (DuckDB computes them once either way)."""
+    values: dict[str, ir.Value] = {}
+    if wanted & EXPECTED_FIELDS:
+        t, values = _expected(t, models, now, wanted)
+    elif wanted & PURCHASE_FIELDS:
+        values["p_alive"] = _p_alive(t, models, now)
+    if wanted & RFM_FIELDS:
+        scores = rfm_scores(models.rfm, t.days_since_last_order, t.orders, t.revenue)
+        for name in ("r", "f", "m", "segment"):
+            values[f"rfm_{name}"] = _for_buyers(t, scores[name])
+    keep = {k: v for k, v in values.items() if k in wanted}
+    return t.mutate(**keep, _kp_fence=ibis.random()).view()
+
+
+def _p_alive(t: ir.Table, models: DayModels, now: ir.NumericValue) -> ir.FloatingValue:
+    return p_alive_sql(models.purchase, t.orders, t._e_first_order_at, t._e_last_order_at, now)
+
+
+def _for_buyers(t: ir.Table, value: ir.Value) -> ir.Value:
+    return ibis.cases((t.orders >= 1, value), else_=ibis.null(value.type()))
+
+
+def _expected(
+    t: ir.Table, models: DayModels, now: ir.NumericValue, wanted: frozenset[str] | set[str]
+) -> tuple[ir.Table, dict[str, ir.Value]]:
+    """`t` with x, α + T, P(alive) and the quadrature weights staged, and G summed over the
+    horizons; P(alive), expected orders in 90 days and the 12-month CLV over it (NULL when
+    a model is missing)."""
+    e, purchase = models.expectation, models.purchase
+    if e is None or purchase is None:
+        nothing = ibis.null("float64")
+        return t, {"p_alive": _p_alive(t, models, now), **dict.fromkeys(EXPECTED_FIELDS, nothing)}
+    x = (t.orders - 1).cast("float64")
+    u = purchase.alpha + (now - t._e_first_order_at) / WEEK
+    alive = _p_alive(t, models, now)
+    staged = t.mutate(_kp_x=x, _kp_u=u, _kp_alive=alive, _kp_fence=ibis.random()).view()
+    buyers = staged.filter(staged.orders >= 1).select("customer_id", "_kp_x", "_kp_u")
+    buyers = buyers.mutate(**e.staged(buyers._kp_x), _kp_fence=ibis.random()).view()
+    buyers = buyers.mutate(**e.staged_total(buyers), _kp_fence=ibis.random()).view()
+    expected, clv = "expected_orders_90d" in wanted, "clv_12m" in wanted
+    narrow = buyers.select("customer_id", "_kp_x", "_kp_u", *e.staged_names())
+    rows = horizon_table(narrow, expected=expected, clv=clv)
+    g = e.alive_sql(rows, rows._kp_weeks)
+    sums = rows.group_by("customer_id").aggregate(
+        _kp_g90=g.sum(where=rows._kp_h == 0),
+        _kp_gclv=(rows._kp_discount * g).sum(where=rows._kp_h >= 1),
+    )
+    joined = staged.left_join(sums, "customer_id").drop("customer_id_right")
+    joined = joined.mutate(_kp_fence=ibis.random()).view()
+    values: dict[str, ir.Value] = {"p_alive": joined._kp_alive}
+    if expected:
+        values["expected_orders_90d"] = _for_buyers(joined, joined._kp_alive * joined._kp_g90)
+    if clv:
+        values["clv_12m"] = _for_buyers(joined, _clv(joined, models.spend))
+    return joined, values
+
+
+def _clv(t: ir.Table, spend: GammaGammaModel | None) -> ir.FloatingValue:
+    """Expected spend × P(alive) × Σ_k weight_k · G(month k): the report's discounted sum
+    of monthly expected orders, times Gamma-Gamma's conditional expected spend."""
+    if spend is None:
+        return ibis.null("float64")
+    return _expected_spend(t, spend) * t._kp_alive * t._kp_gclv
+
+
+def _expected_spend(t: ir.Table, spend: GammaGammaModel) -> ir.FloatingValue:
+    """Gamma-Gamma's E[M | x, m̄]: (1 − w)·population mean + w·m̄, w = p·x / (p·x + q − 1),
+    m̄ the average repeat-order value (0 when not positive, as the report passes it)."""
+    x = t._kp_x
+    repeat = (t.revenue - t[FIRST_ORDER_VALUE]) / x.nullif(0.0)
+    mean = ibis.cases(((x > 0) & (repeat > 0), repeat), else_=0.0)
+    weight = spend.p * x / (spend.p * x + (spend.q - 1.0))
+    return (1.0 - weight) * spend.population_mean_spend + weight * mean
