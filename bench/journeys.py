@@ -22,6 +22,13 @@ Why it is built this way:
   SELECT` of N outbox-like rows (idempotency key, md5 Message-ID, payload), each in its own
   committed transaction. It is the least an enrollment's step can cost: one row update
   and one side-effect row, with no rules, no log and no checks.
+- The email reference, in the same run and against the same sink: N copies of one
+  ready-made message (each with its own Message-ID) sent by plain aiosmtplib over as many
+  sessions as delivery uses, a group at a time like the outbox — no templates, no MIME
+  building, no database. It is the most this machine's loopback SMTP round trips and sink
+  allow right now (the sink parses every message it accepts, and shares the 2 cores):
+  `emails_per_s` can approach it, not pass it, and comparing the two tells our cost from
+  a busy machine.
 
 Figures (all rates are per wall-clock second of the timed section):
 
@@ -29,6 +36,7 @@ Figures (all rates are per wall-clock second of the timed section):
   so one enrollment that enters and moves past the email counts twice;
 - `enrollments_per_s_day2`: moved ÷ seconds of section 3;
 - `emails_per_s`: messages the sink received ÷ seconds of section 2;
+- `reference_emails_per_s`: N ÷ seconds of the email reference;
 - `reference_update_rows_per_s`: N ÷ (UPDATE seconds + CREATE TABLE AS seconds): an
   enrollment per second if each needed only those two writes. Compare it with
   `enrollments_per_s` ÷ 2 (per enrollment) rather than with the headline.
@@ -41,6 +49,7 @@ Exit 0 whenever it measured (targets are reported, never asserted); 1 when it br
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import multiprocessing
@@ -249,6 +258,48 @@ def reference(keepers: Any, n: int, runs: list[dict[str, Any]]) -> dict[str, Any
     }
 
 
+def email_reference(port: int, n: int, sessions: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The transport alone (see the module docstring): N copies of one message built once
+    with the stdlib, a new Message-ID each, sent over `sessions` open sessions in groups
+    of `sessions`, like `deliver()` with no rendering and no database."""
+    from email.message import EmailMessage
+
+    import aiosmtplib
+
+    template = EmailMessage()
+    template["From"] = "Shop <hello@shop.example>"
+    template["To"] = "ref@mail.example"
+    template["Subject"] = "Welcome, friend"
+    template["Message-ID"] = "<MESSAGE-ID>"
+    template.set_content("Thanks for order 1!\n", cte="quoted-printable")
+    template.add_alternative(
+        "<p style='color: #333'>Thanks for order 1!</p>", subtype="html", cte="quoted-printable"
+    )
+    data = template.as_bytes(policy=template.policy.clone(linesep="\r\n"))
+    copies = [data.replace(b"<MESSAGE-ID>", f"<ref{i}@shop.example>".encode()) for i in range(n)]
+
+    async def send_all() -> None:
+        clients = [aiosmtplib.SMTP(hostname="127.0.0.1", port=port) for _ in range(sessions)]
+        for client in clients:
+            await client.connect()
+        for start in range(0, n, sessions):
+            group = copies[start : start + sessions]
+            await asyncio.gather(
+                *(
+                    client.sendmail("hello@shop.example", ["ref@mail.example"], message)
+                    for client, message in zip(clients, group, strict=False)
+                )
+            )
+        for client in clients:
+            await client.quit()
+
+    with timed(runs, "reference: SMTP transport only") as row:
+        asyncio.run(send_all())
+    seconds = row["s"]
+    row["s"] = round(seconds, 4)
+    return {"reference_emails_per_s": rate(n, seconds), "reference_emails_s": round(seconds, 3)}
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -386,11 +437,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         keepers = Keepers.open(settings, clock=clock)
         try:
             figures = measure(keepers, clock, accepted, args.customers)
+            sessions = keepers.journeys.delivery_config().concurrency
         finally:
             keepers.close()
+        transport = email_reference(port, args.customers, sessions, figures["runs"])
+        received = len(accepted()) - args.customers
+        if received != args.customers:
+            raise BenchError(f"the email reference got {received} of {args.customers} through")
     return {
         "enrollments_per_s": figures.pop("enrollments_per_s"),
         "emails_per_s": figures.pop("emails_per_s"),
+        **transport,
         "database": args.database,
         "customers": args.customers,
         "sink": args.sink,
@@ -437,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['database']}, {result['customers']:,} customers: "
             f"{result['enrollments_per_s']:,} enrollments/s (target "
             f"{TARGETS['enrollments_per_s']:,}), {result['emails_per_s']:,} emails/s (target "
-            f"{TARGETS['emails_per_s']}), reference {result['reference_update_rows_per_s']:,} "
-            "rows/s"
+            f"{TARGETS['emails_per_s']}; transport alone {result['reference_emails_per_s']:,}), "
+            f"reference {result['reference_update_rows_per_s']:,} rows/s"
         )
         print(json.dumps(result, indent=2, default=str))
     return 0

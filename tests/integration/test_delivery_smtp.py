@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from keepers.delivery.email import (
     EmailTemplate,
     compose,
+    compose_bytes,
     dkim_sign,
+    dkim_sign_bytes,
     message_id,
     render,
     sign_unsubscribe,
@@ -223,6 +225,44 @@ def test_message_arrives_byte_intact_with_headers_and_both_parts(recorder, plain
     plain, html = received.iter_parts()
     assert "Grüße, Ann" in plain.get_content()
     assert 'style="color: #0a7' in html.get_content() and "Grüße, Ann" in html.get_content()
+
+
+def test_wire_bytes_arrive_byte_intact_and_still_verify(recorder, plain_port, dkim_key):
+    """What the outbox sends: `compose_bytes` (here with a non-ASCII subject and display
+    names) signed with `dkim_sign_bytes`, handed over as an OutgoingEmail."""
+    private_pem, record = dkim_key
+    rendered = render(
+        EmailTemplate(subject="Grüße, {{ name }} — dein Plan", html="<h1>Grüße, {{ name }}</h1>"),
+        {"name": "Zoë"},
+    )
+    outgoing = compose_bytes(
+        rendered,
+        sender="Jörg’s Shop <news@example.com>",
+        to="Zoë Åström <zoe@example.org>",
+        message_id=message_id("journey-1:step-1:zoe", DOMAIN),
+        unsubscribe_url="https://keepers.example.com/u/" + sign_unsubscribe(b"k" * 32, "z", "n"),
+        list_id="news.example.com",
+    )
+    signed = dkim_sign_bytes(
+        outgoing.data, selector=SELECTOR, domain=DOMAIN, private_key_pem=private_pem
+    )
+    outcome = send_sync(replace(outgoing, data=signed), SmtpSettings(HOST, plain_port, timeout=5))
+
+    assert (outcome.status, outcome.code, outcome.reference) == ("sent", 250, outgoing.message_id)
+    (envelope,) = recorder.envelopes
+    assert (envelope.mail_from, envelope.rcpt_tos) == ("news@example.com", ["zoe@example.org"])
+    assert envelope.original_content.rstrip(b"\r\n") == signed.rstrip(b"\r\n")
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        return record if name == f"{SELECTOR}._domainkey.{DOMAIN}.".encode() else None
+
+    assert dkim.verify(envelope.original_content, dnsfunc=dns)
+    received = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+    assert received["Subject"] == "Grüße, Zoë — dein Plan"
+    assert received["From"].addresses[0].display_name == "Jörg’s Shop"
+    assert received["To"].addresses[0].display_name == "Zoë Åström"
+    plain, html = received.iter_parts()
+    assert "Grüße, Zoë" in plain.get_content() and "<h1>Grüße, Zoë</h1>" in html.get_content()
 
 
 def test_async_send_delivers_from_an_event_loop(recorder, plain_port):

@@ -15,6 +15,10 @@ Classification (RFC 5321 reply codes, RFC 3463 enhanced status codes):
 
 Delivery failures never raise; a malformed message (no From/To) or an event loop misuse is a
 programming error and does.
+
+A message is either a stdlib `EmailMessage` (flattened by aiosmtplib, envelope taken from
+its From/To/Cc/Bcc) or an `OutgoingEmail` from `compose_bytes`: envelope and wire bytes
+ready, sent as they are.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ from typing import Literal
 import aiosmtplib
 
 from keepers.delivery import Outcome
+from keepers.delivery.email import OutgoingEmail
 from keepers.errors import InvalidInput
 
-__all__ = ["Security", "SmtpSettings", "classify_reply", "send", "send_sync"]
+__all__ = ["Message", "Security", "SmtpPool", "SmtpSettings", "classify_reply", "send", "send_sync"]
+
+Message = EmailMessage | OutgoingEmail
 
 Security = Literal["none", "starttls", "tls"]
 
@@ -182,6 +189,26 @@ def _classify_exception(exc: Exception, settings: SmtpSettings, reference: str |
     return Outcome("retry", _one_line(f"{type(exc).__name__}: {exc}"), reference=reference)
 
 
+def _reference(message: Message) -> str | None:
+    """The Message-ID, the id a later bounce or a duplicate is matched by."""
+    if isinstance(message, OutgoingEmail):
+        return message.message_id
+    header = message["Message-ID"]
+    return str(header).strip() if header is not None else None
+
+
+async def _transmit(client: aiosmtplib.SMTP, message: Message) -> tuple[dict, str]:
+    """One mail transaction (MAIL, RCPT, DATA) on an open session. Wire bytes go as they
+    are, with the MAIL options aiosmtplib's send_message would use (BODY=8BITMIME when
+    offered; the addresses are ASCII, so never SMTPUTF8)."""
+    if isinstance(message, OutgoingEmail):
+        options = ["BODY=8BITMIME"] if client.supports_extension("8bitmime") else []
+        return await client.sendmail(
+            message.sender, list(message.recipients), message.data, mail_options=options
+        )
+    return await client.send_message(message)
+
+
 class _Misconfigured(Exception):
     """The relay cannot do what the settings ask (no STARTTLS, no AUTH): an operator must
     change SmtpSettings, so retrying the message would not help."""
@@ -226,8 +253,8 @@ class SmtpPool:
         self.settings = settings
         self.idle: list[aiosmtplib.SMTP] = []
 
-    async def send(self, message: EmailMessage) -> Outcome:
-        reference = str(message["Message-ID"]).strip() if message["Message-ID"] else None
+    async def send(self, message: Message) -> Outcome:
+        reference = _reference(message)
         reused = bool(self.idle)
         try:
             client = self.idle.pop() if reused else await _session(self.settings)
@@ -237,7 +264,7 @@ class SmtpPool:
         except (aiosmtplib.SMTPException, OSError) as exc:
             return _classify_exception(exc, self.settings, reference)
         try:
-            refused, reply = await client.send_message(message)
+            refused, reply = await _transmit(client, message)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, OSError) as exc:
             client.close()
             if reused:  # the relay closed an idle session: one fresh try, nothing was sent
@@ -266,12 +293,12 @@ class SmtpPool:
                 client.close()
 
 
-async def _deliver(message: EmailMessage, settings: SmtpSettings) -> tuple[dict, str]:
+async def _deliver(message: Message, settings: SmtpSettings) -> tuple[dict, str]:
     """One SMTP session step by step, so each failure is known by where it happened rather
     than by parsing aiosmtplib's messages. Returns (refused recipients, final reply)."""
     client = await _session(settings)
     try:
-        refused, reply = await client.send_message(message)
+        refused, reply = await _transmit(client, message)
     except BaseException:
         client.close()
         raise
@@ -282,12 +309,11 @@ async def _deliver(message: EmailMessage, settings: SmtpSettings) -> tuple[dict,
     return refused, reply
 
 
-async def send(message: EmailMessage, settings: SmtpSettings) -> Outcome:
+async def send(message: Message, settings: SmtpSettings) -> Outcome:
     """Deliver one message to the relay in `settings` (envelope from From, recipients from
     To/Cc/Bcc). Every delivery failure becomes an Outcome; the Message-ID is the reference
     either way, so the outbox can match later bounces to this attempt."""
-    reference = message["Message-ID"]
-    reference = str(reference).strip() if reference is not None else None
+    reference = _reference(message)
     try:
         refused, reply = await _deliver(message, settings)
     except _Misconfigured as exc:
@@ -301,7 +327,7 @@ async def send(message: EmailMessage, settings: SmtpSettings) -> Outcome:
     return Outcome("sent", detail, code=250, reference=reference)
 
 
-def send_sync(message: EmailMessage, settings: SmtpSettings) -> Outcome:
+def send_sync(message: Message, settings: SmtpSettings) -> Outcome:
     """`send` for synchronous callers (CLI, a worker thread). Not for use inside a running
     event loop: await `send` there."""
     return asyncio.run(send(message, settings))

@@ -35,7 +35,14 @@ import pyarrow as pa
 
 from keepers.delivery import Outcome
 from keepers.delivery.audiences import GoogleCustomerMatchClient, Member, MetaAudienceClient
-from keepers.delivery.email import EmailTemplate, TemplateError, compose, dkim_sign, render
+from keepers.delivery.email import (
+    EmailTemplate,
+    OutgoingEmail,
+    TemplateError,
+    compose_bytes,
+    dkim_sign_bytes,
+    render,
+)
 from keepers.delivery.email import sign_unsubscribe as sign_token
 from keepers.delivery.smtp import SmtpPool, SmtpSettings
 from keepers.delivery.tracking import track_html
@@ -355,13 +362,11 @@ def _variables(row: dict[str, Any], config: DeliveryConfig, list_id: str) -> dic
     }
 
 
-async def _deliver_email(
-    row: dict[str, Any], config: DeliveryConfig, pool: SmtpPool | None
-) -> Outcome:
+def _build_email(row: dict[str, Any], config: DeliveryConfig) -> OutgoingEmail | Outcome:
+    """The wire form of one email row (rendered, tracked, composed as bytes, signed), or
+    the failed Outcome a broken template or an address the message cannot carry leads to."""
     payload = row["payload"]
     list_id = payload.get("list", "marketing")
-    if pool is None:
-        return Outcome("retry", "no SMTP server configured (KEEPERS_SMTP_HOST)")
     try:
         rendered = render(
             EmailTemplate(payload["subject"], payload["html"], payload.get("text")),
@@ -379,7 +384,7 @@ async def _deliver_email(
                 ),
             )
         domain = config.sender.rsplit("@", 1)[-1].strip(" >")
-        message = compose(
+        message = compose_bytes(
             rendered,
             sender=config.sender,
             to=row["email"],
@@ -393,12 +398,26 @@ async def _deliver_email(
         )
         if config.dkim is not None:
             selector, dkim_domain, key = config.dkim
-            message = dkim_sign(message, selector=selector, domain=dkim_domain, private_key_pem=key)
+            signed = dkim_sign_bytes(
+                message.data, selector=selector, domain=dkim_domain, private_key_pem=key
+            )
+            message = replace(message, data=signed)
     except TemplateError as exc:
         return Outcome("failed", f"template: {exc.message}")
     except Exception as exc:  # an address or header the message cannot carry
         message_text = getattr(exc, "message", str(exc))
         return Outcome("failed", f"cannot build the message: {message_text}")
+    return message
+
+
+async def _deliver_email(
+    row: dict[str, Any], config: DeliveryConfig, pool: SmtpPool | None
+) -> Outcome:
+    if pool is None:
+        return Outcome("retry", "no SMTP server configured (KEEPERS_SMTP_HOST)")
+    message = _build_email(row, config)
+    if isinstance(message, Outcome):
+        return message
     return await pool.send(message)
 
 
