@@ -5,9 +5,11 @@ A real server (uvicorn in this process) over a store: the demo business generate
 creates (admin role) and fetches every page, and the fragments htmx loads after a page,
 once cold and then `--repeat` times (templates, compiled queries and the per-run report
 cache warm, as in a running server); the time from request to the last byte is recorded.
-Then it runs one incremental compute, as the server's scheduler does every minute, and
-fetches everything once more (`after_run_ms`, the overview and its fragments first):
-every kept report is stale then, so this is what the first visitor after a run waits for.
+Then it runs one tick of the server's scheduler (every minute in a server: deals and
+referrals synced, an incremental compute, the overview's reports warmed for the new run)
+and fetches everything once more (`after_run_ms`, the overview and its fragments first):
+the other kept reports are stale then, so this is what the first visitor after a run
+waits for (`after_run_compute_s` is the tick).
 The reference, measured in the same run on the same store, is the plain DuckDB query
 behind the simplest number on the overview (`SELECT stage, count(*) FROM customer_state
 GROUP BY stage`), so the figures can be read against what the machine gives at the time.
@@ -150,11 +152,13 @@ def main() -> int:
                 "p95_ms": round(percentile(times, 0.95) * 1000, 1),
                 "fragment": path in SLOW,
             }
-        # What a user meets after the server's next scheduled compute run: every kept
-        # report is stale, the compiled queries are not. The overview and its fragments
-        # first, as a browser opening the dashboard asks for them.
+        # What a user meets after the server's next scheduled tick: deals and referrals
+        # synced, an incremental compute, and the overview's reports warmed for the new
+        # run (the server does this while the dashboard is in use). Other kept reports are
+        # stale, the compiled queries are not. The overview and its fragments first, as a
+        # browser opening the dashboard asks for them.
         started = time.perf_counter()
-        keepers.compute()
+        app.state.scheduler.tick()
         after_run_compute = time.perf_counter() - started
         for path in [PAGES[0], *SLOW, *PAGES[1:]]:
             started = time.perf_counter()

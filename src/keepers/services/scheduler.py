@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from keepers.services.keepers import Keepers
 
@@ -17,9 +18,15 @@ log = logging.getLogger("keepers.scheduler")
 
 
 class ComputeScheduler:
-    def __init__(self, keepers: Keepers, interval_s: float) -> None:
+    def __init__(
+        self,
+        keepers: Keepers,
+        interval_s: float,
+        after_compute: Callable[[], None] | None = None,
+    ) -> None:
         self.keepers = keepers
         self.interval_s = interval_s
+        self.after_compute = after_compute  # e.g. the dashboard warming its reports
         self.runs = 0
         self.failures = 0
         self._stop = threading.Event()
@@ -52,6 +59,11 @@ class ComputeScheduler:
             log.exception("scheduled compute failed; the next tick retries")
             return
         self.runs += 1
+        if self.after_compute is not None:
+            try:
+                self.after_compute()
+            except Exception:
+                log.exception("after-compute hook failed")
         if report.stage_moves or report.segment_changes:
             log.info(
                 "compute run %s: %s stage moves, %s segment changes in %.2f s",

@@ -20,7 +20,7 @@ from keepers.services.scheduler import ComputeScheduler
 from keepers.settings import Settings
 from keepers.web.access_api import AccessGuard, access_router
 from keepers.web.api import api_router
-from keepers.web.dashboard import dashboard_router
+from keepers.web.dashboard import ReportCache, dashboard_router
 from keepers.web.journeys_api import journeys_router, mail_router
 from keepers.web.lifecycle_api import lifecycle_router
 from keepers.web.referrals_api import referrals_router
@@ -45,7 +45,9 @@ def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keepers.start_writer()
-        scheduler = ComputeScheduler(keepers, settings.compute_interval_s).start()
+        scheduler = ComputeScheduler(
+            keepers, settings.compute_interval_s, after_compute=reports.warm
+        ).start()
         app.state.scheduler = scheduler
         yield
         scheduler.stop()
@@ -64,6 +66,7 @@ def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
     access = AccessService(keepers.db, keepers.clock)
     app.state.access_guard = AccessGuard(access, admin_token)
     secure = secure_cookies(settings.public_url)
+    reports = ReportCache(keepers)  # the dashboard's; warmed after each scheduled compute
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -80,7 +83,7 @@ def create_app(settings: Settings, keepers: Keepers | None = None) -> FastAPI:
     app.include_router(sales_router(keepers, admin_token))
     app.include_router(referrals_router(keepers, admin_token))
     app.include_router(mail_router(keepers))
-    app.include_router(dashboard_router(keepers, access, cookie_secure=secure))
+    app.include_router(dashboard_router(keepers, access, cookie_secure=secure, cache=reports))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health", tags=["health"])

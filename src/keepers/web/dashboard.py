@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time as time_module
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from datetime import UTC, datetime, time, timedelta
@@ -83,10 +84,14 @@ templates.env.filters["num"] = _num
 
 
 def dashboard_router(
-    keepers: Keepers, access: AccessService, *, cookie_secure: bool = True
+    keepers: Keepers,
+    access: AccessService,
+    *,
+    cookie_secure: bool = True,
+    cache: ReportCache | None = None,
 ) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    cache = ReportCache(keepers)
+    cache = cache or ReportCache(keepers)
 
     def who(request: Request) -> Principal | None:
         if not hasattr(request.state, "principal"):  # one session lookup per request
@@ -525,6 +530,9 @@ templates.env.globals["v_rows"] = lambda named: [
 ]
 
 
+WARM_REPORTS = ("funnel", "churn", "clv")  # what the overview reads, as of now
+
+
 class ReportCache:
     """Reports "as of now" change only when a compute run changes the state: they are kept
     per (report, options, last compute run) — so a page answers from memory until the next
@@ -539,6 +547,7 @@ class ReportCache:
         self.keepers = keepers
         self.size = size
         self.kept_values: dict[tuple, Any] = {}
+        self.last_used: float | None = None  # monotonic time a page last read a report
         self.pending: dict[tuple, Future] = {}
         self.lock = threading.Lock()
 
@@ -547,8 +556,26 @@ class ReportCache:
             return int(tx.execute("SELECT COALESCE(MAX(run_id), 0) FROM compute_runs")[0][0])
 
     def report(self, name: str, as_of: datetime | None, **options: Any) -> Any:
+        self.last_used = time_module.monotonic()
         key = ("report", name, as_of, tuple(sorted(options.items())))
         return self.kept(key, lambda: self.keepers.lifecycle.report(name, as_of, **options))
+
+    def warm(self, idle_s: float = 900.0) -> list[str]:
+        """After a compute run: compute what the overview shows (stages, funnel, churn,
+        CLV by stage) for the new run, so the next visitor does not wait for it — only
+        while someone has used the dashboard in the last `idle_s` seconds. Returns what
+        was warmed."""
+        if self.last_used is None or time_module.monotonic() - self.last_used > idle_s:
+            return []
+        self.kept(("stages",), self.keepers.lifecycle.stages)
+        warmed = ["stages"]
+        for name in WARM_REPORTS:
+            try:
+                self.report(name, None)
+            except KeepersError:
+                continue  # e.g. no orders yet: the page shows the message itself
+            warmed.append(name)
+        return warmed
 
     def kept(self, key: tuple, build: Callable[[], Any], *version: Hashable) -> Any:
         """`build()`, computed once per compute run (and per `version`, for reads that
