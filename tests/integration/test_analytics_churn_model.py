@@ -169,3 +169,68 @@ def test_too_little_history_is_a_clear_error(store: Keepers) -> None:
             InvalidInput, match="the training snapshot at 2025-11-22 has 0 active customers"
         ):
             churn_model.churn_risk(ctx)
+
+
+# --- churn_risk in stage and segment rules ---------------------------------------------------
+
+
+def members(keepers: Keepers, segment: str) -> set[int]:
+    with keepers.db.transaction() as tx:
+        rows = tx.execute(
+            "SELECT customer_id FROM customer_state WHERE strpos(segments, ?) > 0",
+            [f",{segment},"],
+        )
+    return {r[0] for r in rows}
+
+
+def test_churn_risk_in_rules_is_the_reports_risk_at_the_days_midnight(
+    store: Keepers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keepers.engine import scores
+
+    calls = []
+    scorer = scores._SCORERS["churn_risk"]
+    monkeypatch.setitem(
+        scores._SCORERS,
+        "churn_risk",
+        scores.Scorer(scorer.name, scorer.fields, lambda *a: calls.append(a) or scorer.score(*a)),
+    )
+    monkeypatch.setattr(scores, "_CACHE", {})
+    store.lifecycle.segment_save("risky", "churn_risk >= 0.6")
+    store.lifecycle.segment_save("calm", "churn_risk < 0.3")
+    during = AS_OF + timedelta(hours=15)  # a run that afternoon reads the midnight's scores
+    store.compute(as_of=during)
+    fitted = run(store, churn_model.fit)  # the report's model as of AS_OF, that midnight
+    risk = dict(zip(fitted.now.customer_ids.tolist(), fitted.risk.tolist(), strict=True))
+    high = {c for c, r in risk.items() if r >= 0.6}
+    low = {c for c, r in risk.items() if r < 0.3}
+    assert high and low
+    assert members(store, "risky") == high
+    assert members(store, "calm") == low
+    explained = store.lifecycle.explain("s00", as_of=during)
+    with store.db.transaction() as tx:
+        s00 = tx.execute("SELECT customer_id FROM customers WHERE user_id = 's00'")[0][0]
+    assert explained["traits"]["churn_risk"] == pytest.approx(risk[s00], rel=1e-12)
+    # later that day, nothing new before midnight: the day's scores are reused, not refitted
+    fits = len(calls)
+    store.compute(as_of=during + timedelta(hours=2))
+    assert len(calls) == fits
+    # the next day is scored again, from its own midnight
+    store.compute(as_of=during + timedelta(days=1))
+    assert len(calls) == fits + 1 and calls[-1][2] == AS_OF + DAY
+
+
+def test_without_enough_history_churn_risk_is_missing_and_explain_says_why(
+    tmp_path: Any,
+) -> None:
+    keepers = Keepers.open(Settings(database_url=str(tmp_path / "k.duckdb")), clock=lambda: AS_OF)
+    try:
+        few = [_track("a", AS_OF - 5 * DAY, "Product Viewed", {})]
+        keepers.ingest_messages(few, source_id="test")
+        keepers.lifecycle.segment_save("risky", "churn_risk >= 0 or churn_risk < 0")
+        assert keepers.lifecycle.segment_show("risky")["size"] == 0
+        explained = keepers.lifecycle.explain("a", as_of=AS_OF)
+        assert explained["traits"]["churn_risk"] is None
+        assert "a churn model needs at least 50" in explained["missing"]["churn_risk"]
+    finally:
+        keepers.close()

@@ -271,3 +271,24 @@ def test_too_few_customers_is_a_clear_error(tmp_path: Any) -> None:
             few.run(personas.personas, k=1)
     finally:
         few.keepers.close()
+
+
+def test_persona_in_rules_is_the_reports_persona_at_the_days_midnight(shop: Shop) -> None:
+    report = shop.run(personas.personas)  # as of AS_OF, a midnight
+    assert report["k"] == 3
+    for p in report["personas"]:
+        shop.keepers.lifecycle.segment_save(f"persona_{p['persona']}", f"persona == {p['persona']}")
+    named = report["personas"][2]
+    shop.keepers.lifecycle.segment_save("named", f'persona_name == "{named["name"]}"')
+    shop.keepers.compute(as_of=AS_OF + timedelta(hours=10))
+    with shop.keepers.db.transaction() as tx:
+        rows = tx.execute("SELECT customer_id, segments FROM customer_state")
+    inside = {
+        key: sorted(shop.users[c] for c, s in rows if f",{key}," in s)
+        for key in [f"persona_{p['persona']}" for p in report["personas"]] + ["named"]
+    }
+    for p in report["personas"]:
+        assert inside[f"persona_{p['persona']}"] == shop.who(persona=p["persona"])
+    assert inside["named"] == shop.who(persona=named["persona"])
+    explained = shop.keepers.lifecycle.explain("visitor", as_of=AS_OF + timedelta(hours=10))
+    assert explained["traits"]["persona"] is None  # never ordered: not clustered

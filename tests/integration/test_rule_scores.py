@@ -28,9 +28,11 @@ from keepers.analytics.base import Context
 from keepers.domain.definitions import SegmentDefinition, default_definitions
 from keepers.engine.compute import state_table
 from keepers.engine.expectation import _reference, expectation_for
-from keepers.engine.fitted import FIELDS, attach_models
+from keepers.engine.fitted import FIELDS as ALL_FIELDS
+from keepers.engine.fitted import attach_models
 from keepers.engine.plan import Plan
 from keepers.engine.rfm import SEGMENT_KEYS
+from keepers.engine.scores import SCORED_FIELDS
 from keepers.errors import RuleError
 from keepers.models.bgnbd import BGNBDModel
 from keepers.services.keepers import Keepers
@@ -38,6 +40,8 @@ from keepers.services.lifecycle import compute_transaction, load_definitions, st
 from keepers.settings import Settings
 from keepers.testing.postgres import create_database
 
+# the fields these segments read (churn_risk and persona have tests of their own)
+FIELDS = {k: v for k, v in ALL_FIELDS.items() if k not in SCORED_FIELDS}
 AS_OF = datetime(2026, 6, 30, 15, 0, tzinfo=UTC)  # mid-afternoon: the fits are from midnight
 # late evening, then just past midnight: new fits and breakpoints, while few customers' day
 # counts tick over, so an incremental run that re-evaluated only them would go wrong

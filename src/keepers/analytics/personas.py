@@ -294,10 +294,10 @@ def _by_size(labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def personas(ctx: Context, k: int = 0) -> dict[str, Any]:
-    return _report(ctx, fit(ctx, k))
+    return describe(ctx, fit(ctx, k))
 
 
-def _report(ctx: Context, f: Fitted) -> dict[str, Any]:
+def describe(ctx: Context, f: Fitted) -> dict[str, Any]:
     n = len(f.customer_ids)
     rows, names = [], set()
     for p in range(f.k):
@@ -449,7 +449,7 @@ def _persona_index(ctx: Context, f: Fitted, persona: int | str) -> int:
     if text.isdigit():
         index = int(text)
     else:
-        names = {p["name"].lower(): p["persona"] for p in _report(ctx, f)["personas"]}
+        names = {p["name"].lower(): p["persona"] for p in describe(ctx, f)["personas"]}
         if text.lower() not in names:
             raise InvalidInput(f"no persona named '{persona}'; personas: {', '.join(names)}")
         index = names[text.lower()]

@@ -108,6 +108,19 @@ BUILTIN_TRAITS: tuple[BuiltinTrait, ...] = (
         "predicted revenue of the next 12 months, discounted 1 %/month (BG/NBD × "
         "Gamma-Gamma), as the clv report",
     ),
+    BuiltinTrait(
+        "churn_risk",
+        "number",
+        "probability 0-1 of no activity in the next 30 days, as the churn-risk report at the "
+        "day's midnight UTC; none without activity in the 90 days before it",
+    ),
+    BuiltinTrait(
+        "persona",
+        "number",
+        "the personas report's persona (0 = the largest) at the day's midnight UTC; none "
+        "before the first order",
+    ),
+    BuiltinTrait("persona_name", "string", "the name the personas report gave that persona"),
 )
 BUILTIN_KEYS = frozenset(t.key for t in BUILTIN_TRAITS)
 

@@ -1,5 +1,7 @@
-"""Rule fields fitted once per UTC day over every customer: `p_alive`, the RFM scores, and
-expected orders and CLV — each the same number its report shows for the same moment.
+"""Rule fields fitted once per UTC day over every customer: `p_alive`, the RFM scores,
+expected orders and CLV, churn risk and persona — each the same number its report shows
+for the same moment (churn risk and persona: for that day's midnight, see
+`keepers.engine.scores`).
 
 A compute run evaluates rules over stored traits, often for a few customers only, while
 these numbers depend on everyone (a quintile, a fitted model). So, as for `p_alive`, what
@@ -11,16 +13,19 @@ at the exact moment. Only the fields some rule reads are fitted and computed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import ibis
 import ibis.expr.types as ir
+import pyarrow as pa
 
+from keepers.domain.definitions import Definitions
 from keepers.engine.clv import WEEK, fit_day, p_alive_sql, purchase_model, spend_model
 from keepers.engine.expectation import Expectation, expectation_for, horizon_table
 from keepers.engine.rfm import RFMBreaks, rfm_breaks, rfm_scores
+from keepers.engine.scores import SCORED_FIELDS, day_scores, scorers_for
 from keepers.models.bgnbd import BGNBDModel
 from keepers.models.gamma_gamma import GammaGammaModel
 from keepers.store.database import Tx
@@ -36,6 +41,7 @@ FIELDS = {
     "rfm_segment": "string",
     "expected_orders_90d": "number",
     "clv_12m": "number",
+    **SCORED_FIELDS,
 }
 RFM_FIELDS = frozenset({"rfm_r", "rfm_f", "rfm_m", "rfm_segment"})
 EXPECTED_FIELDS = frozenset({"expected_orders_90d", "clv_12m"})
@@ -53,18 +59,25 @@ class DayModels:
     rfm: RFMBreaks | None = None
     missing: tuple[tuple[str, str], ...] = ()  # (field, why it has no values today)
     fields: frozenset[str] = frozenset()  # the fields these were fitted for
+    # scorer table name → the day's scores (customer_id + fields), staged for the run
+    scores: tuple[tuple[str, pa.Table], ...] = field(default=(), repr=False, compare=False)
+    scored: tuple[str, ...] = ()  # the tables in `scores`: part of the compiled queries' key
 
 
 def attach_models(tx: Tx, plan: Plan, as_of: datetime) -> Plan:
     """Give `plan` the day's models its rules read at `as_of` (nothing when unused)."""
-    plan.models = day_models(tx, plan.model_fields, as_of)
+    plan.models = day_models(tx, plan.model_fields, as_of, plan.definitions)
+    for name, table in plan.models.scores:
+        tx.stage(name, table)
     if plan.model_fields & EXPECTED_FIELDS and tx.dialect.name == "postgres":
         # a few thousand terms: LLVM would spend far longer compiling than running them
         tx.execute("SET LOCAL jit = off")
     return plan
 
 
-def day_models(tx: Tx, wanted: frozenset[str] | set[str], as_of: datetime) -> DayModels:
+def day_models(
+    tx: Tx, wanted: frozenset[str] | set[str], as_of: datetime, definitions: Definitions
+) -> DayModels:
     day = fit_day(as_of).date().isoformat()
     missing: dict[str, str] = {}
     purchase = expectation = spend = rfm = None
@@ -87,8 +100,22 @@ def day_models(tx: Tx, wanted: frozenset[str] | set[str], as_of: datetime) -> Da
         rfm = rfm_breaks(tx, as_of)
         if rfm is None:
             missing.update(dict.fromkeys(wanted & RFM_FIELDS, f"nobody ordered before {day}"))
+    scores = []
+    for scorer in scorers_for(wanted):
+        found = day_scores(tx, definitions, scorer, fit_day(as_of))
+        if isinstance(found, str):
+            missing.update(dict.fromkeys(wanted & set(scorer.fields), f"{found} (as of {day})"))
+        else:
+            scores.append((scorer.table, found))
     return DayModels(
-        purchase, expectation, spend, rfm, tuple(sorted(missing.items())), frozenset(wanted)
+        purchase,
+        expectation,
+        spend,
+        rfm,
+        tuple(sorted(missing.items())),
+        frozenset(wanted),
+        tuple(scores),
+        tuple(name for name, _ in scores),
     )
 
 
@@ -101,6 +128,7 @@ def fitted_values(
     into the query above: the fields are computed once per customer, however many rules
     read them (DuckDB computes them once either way)."""
     values: dict[str, ir.Value] = {}
+    t = _scored(t, models, wanted)
     if wanted & EXPECTED_FIELDS:
         t, values = _expected(t, models, now, wanted)
     elif wanted & PURCHASE_FIELDS:
@@ -111,6 +139,22 @@ def fitted_values(
             values[f"rfm_{name}"] = _for_buyers(t, scores[name])
     keep = {k: v for k, v in values.items() if k in wanted}
     return t.mutate(**keep, _kp_fence=ibis.random()).view()
+
+
+def _scored(t: ir.Table, models: DayModels, wanted: frozenset[str] | set[str]) -> ir.Table:
+    """`t` with the day's scored fields joined by customer (NULL when the model is missing)."""
+    staged = dict(models.scores)
+    for scorer in scorers_for(wanted):
+        if scorer.table in staged:
+            schema = staged[scorer.table].schema
+            scores = ibis.table(ibis.Schema.from_pyarrow(schema), name=scorer.table)
+            t = t.left_join(scores, "customer_id").drop("customer_id_right")
+        else:
+            t = t.mutate(**{f: ibis.null(_IBIS_TYPES[SCORED_FIELDS[f]]) for f in scorer.fields})
+    return t
+
+
+_IBIS_TYPES = {"number": "float64", "string": "string"}
 
 
 def _p_alive(t: ir.Table, models: DayModels, now: ir.NumericValue) -> ir.FloatingValue:

@@ -84,6 +84,10 @@ def evaluate_on_spark(
             path = os.path.join(scratch, f"{name}.parquet")
             pq.write_table(table, path)
             spark.read.parquet(path).createOrReplaceTempView(name)
+        for name, scores in plan.models.scores:  # churn_risk, persona: the day's scores
+            path = os.path.join(scratch, f"scores{name}.parquet")  # not "_…": hidden to Spark
+            pq.write_table(scores, path)
+            spark.read.parquet(path).createOrReplaceTempView(name)
         at = ibis.literal(as_of)
         evaluated = plan.evaluate(plan.traits(at), at)
         result = evaluated.select(
