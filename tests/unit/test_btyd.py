@@ -514,3 +514,29 @@ def test_the_large_data_path_finds_the_same_optimum(monkeypatch, module, fit):
     assert warm.model.as_dict() == pytest.approx(plain.model.as_dict(), rel=1e-5)
     assert warm.log_likelihood == pytest.approx(plain.log_likelihood, rel=1e-12, abs=1e-6)
     assert warm.iterations < plain.iterations
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [(0.3, 0.4), (1.0, 2.0), (0.793, 2.426), (0.6, 0.45)],  # a + b < 1, a = 1, CDNOW, both
+)
+def test_expected_purchases_equal_the_integral_over_the_dropout_mixture(a, b):
+    """E[X(t)] = ∫ (1 − (α/(α + p·t))^r) / p · Beta(p; a, b) dp (Fader, Hardie & Lee 2005,
+    eq. 7 averaged over the gamma purchase rates in closed form, then over p by quadrature):
+    an oracle independent of the hypergeometric formula, defined where it has 0/0 (a = 1)
+    and a negative third parameter (a + b < 1)."""
+    from scipy import integrate, stats
+
+    r, alpha = 0.5, 4.0
+    model = BGNBDModel(r, alpha, a, b)
+    for t in (1.0, 39.0, 200.0):
+
+        def integrand(p: float, t: float = t) -> float:
+            return -np.expm1(r * np.log(alpha / (alpha + p * t))) / p * stats.beta.pdf(p, a, b)
+
+        want = integrate.quad(integrand, 0, 1, limit=200, epsabs=1e-13, epsrel=1e-11)[0]
+        got = float(model.expected_purchases(t))
+        assert got == pytest.approx(want, rel=1e-7), (t, got, want)
+        # a customer not yet seen again right after the first order: the same expectation
+        fresh = model.conditional_expected_purchases(t, 0.0, 0.0, 0.0)
+        assert float(fresh) == pytest.approx(want, rel=1e-7)

@@ -705,3 +705,45 @@ def test_generated_rules_parse_and_every_span_round_trips(source):
         assert 0 <= node.start < node.end <= len(source)
         if not isinstance(node, ListLiteral):
             assert shape(parse(source_of(node, source))) == shape(node)
+
+
+STAGED = Scope(
+    fields={"stage": "string", "rfm_segment": "string", "orders": "number"},
+    values={"stage": ("awareness", "churned"), "rfm_segment": ("champions", "loyal")},
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "message", "text"),
+    [
+        (
+            'stage == "churnd"',
+            "'churnd' is not a value of stage; did you mean 'churned'?",
+            '"churnd"',
+        ),
+        ('"churnd" != stage', "'churnd' is not a value of stage", '"churnd"'),
+        (
+            'rfm_segment in ["champions", "loyl"]',
+            "did you mean 'loyal'? it is one of champions, loyal",
+            '"loyl"',
+        ),
+        (
+            'stage == "vip"',
+            "'vip' is not a value of stage; it is one of awareness, churned",
+            '"vip"',
+        ),
+    ],
+)
+def test_a_value_a_field_never_takes_is_an_error_at_the_value(source, message, text):
+    error = error_of(source, STAGED)
+    assert message in error.message
+    assert flagged(error) == text
+
+
+def test_known_values_and_fields_without_a_list_pass():
+    for source in (
+        'stage == "churned" and rfm_segment in ["loyal"]',
+        'stage != "awareness"',
+        "orders == 3",
+    ):
+        assert check(parse(source), source, STAGED) == "bool"

@@ -594,6 +594,9 @@ class Scope:
     prefixes: Mapping[str, str] = field(default_factory=dict)
     functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
     what: str = "rule"
+    # fields that only take these values (stage keys, RFM segment names): a literal
+    # compared with one must be one of them, so a typo is an error rather than no match
+    values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def field_type(self, name: str) -> str | None:
         """The type of a known field, or of a name inside an open namespace."""
@@ -793,6 +796,10 @@ class _Checker:
                 f"{self.text(node.right)} ({_TYPE_WORDS[right]})",
                 node,
             )
+        if node.op in ("==", "!="):
+            for one, other in ((node.left, node.right), (node.right, node.left)):
+                if isinstance(one, Field) and isinstance(other, Literal):
+                    self.known_value(one, other)
         if node.op not in ("==", "!=") and not {left, right} <= set(_ORDERED):
             self.fail(
                 f"'{node.op}' needs numbers, strings or timestamps; "
@@ -819,7 +826,27 @@ class _Checker:
                 f"list of {kinds[0]}s",
                 node,
             )
+        if isinstance(node.operand, Field):
+            for item in items:
+                self.known_value(node.operand, item)
         return "bool"
+
+    def known_value(self, name: Field, value: Node) -> None:
+        """A string compared with a field of known values must be one of them."""
+        allowed = self.scope.values.get(name.name)
+        literal = plain_literal(value)
+        if not allowed or literal is None or not isinstance(literal.value, str):
+            return
+        if literal.value in allowed:
+            return
+        close = difflib.get_close_matches(literal.value, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        self.fail(
+            f"'{literal.value}' is not a value of {name.name}; {hint}"
+            f"it is one of {', '.join(allowed)}",
+            value,
+            f'"{close[0]}"' if close else None,
+        )
 
     def in_item(self, item: Node) -> str:
         literal = plain_literal(item)

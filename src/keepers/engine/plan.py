@@ -37,6 +37,7 @@ from keepers.engine.compile import (
     references,
 )
 from keepers.engine.fitted import FIELDS, FIRST_ORDER_VALUE, DayModels, fitted_values
+from keepers.engine.rfm import SEGMENT_KEYS
 from keepers.errors import RuleError
 
 TS = "timestamp('UTC')"
@@ -227,9 +228,11 @@ class Plan:
         fields.update(self.user_traits)
         fields["health_score"] = "number"
         fields.update(FIELDS)
+        values = {"rfm_segment": SEGMENT_KEYS}
         if with_stage:
             fields["stage"] = "string"
-        return Scope(fields=fields, prefixes={"traits": "any"}, functions=FUNCTIONS)
+            values["stage"] = tuple(s.key for s in self.definitions.stage_model.stages)
+        return Scope(fields=fields, prefixes={"traits": "any"}, functions=FUNCTIONS, values=values)
 
     def _parse(self, rule: str, scope: Scope, what: str, *, number: bool = False) -> Node:
         try:

@@ -54,12 +54,13 @@ Predictions:
   :math:`E[X(t)] = \frac{a+b-1}{a-1}\left[1 - \left(\frac{\alpha}{\alpha+t}\right)^r
   {}_2F_1\!\left(r, b; a+b-1; \frac{t}{\alpha+t}\right)\right]`.
 
-The expectations divide by a - 1 and are undefined at exactly a = 1.
+The expectations divide by a - 1: at exactly a = 1 they are the limit (0/0 in the formula).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy.special import digamma, expit, gammaln, hyp2f1
@@ -125,21 +126,27 @@ class BGNBDModel:
     ) -> FloatArray:
         """Expected repeat purchases in (T, T + t] given the history (paper, eq. 10).
         Broadcasts `t` against the customers' arrays."""
+        if abs(self.a - 1.0) < NEAR_ONE:
+            return _at_the_limit(
+                self, lambda m: m.conditional_expected_purchases(t, frequency, recency, T)
+            )
         x, t_x, age = _broadcast(frequency, recency, T)
         t = np.asarray(t, dtype=np.float64)
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
         c = a + b + x - 1
         z = t / (alpha + age + t)
-        log_hyp = _log_hyp2f1(r + x, b + x, c, z)
-        growth = 1 - np.exp(log_hyp + (r + x) * (np.log(alpha + age) - np.log(alpha + age + t)))
+        shrink = (r + x) * (np.log(alpha + age) - np.log(alpha + age + t))
+        growth = 1 - _scaled_hyp2f1(r + x, b + x, c, z, shrink)
         return c / (a - 1) * growth * self.probability_alive(x, t_x, age)
 
     def expected_purchases(self, t: object) -> FloatArray:
         """E[X(t)]: expected repeat purchases of a new customer in (0, t] (paper, eq. 9)."""
+        if abs(self.a - 1.0) < NEAR_ONE:
+            return _at_the_limit(self, lambda m: m.expected_purchases(t))
         t = np.asarray(t, dtype=np.float64)
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
-        log_hyp = _log_hyp2f1(r, b, a + b - 1, t / (alpha + t))
-        return (a + b - 1) / (a - 1) * (1 - np.exp(log_hyp + r * np.log(alpha / (alpha + t))))
+        scaled = _scaled_hyp2f1(r, b, a + b - 1, t / (alpha + t), r * np.log(alpha / (alpha + t)))
+        return (a + b - 1) / (a - 1) * (1 - scaled)
 
 
 def fit_bgnbd(
@@ -312,16 +319,30 @@ class _Data:
         return -ll / total, -grad / total
 
 
+NEAR_ONE = 1e-6
+
+
+def _at_the_limit(model: BGNBDModel, value: Callable[[BGNBDModel], FloatArray]) -> FloatArray:
+    """At a = 1 the expectations are 0/0 (the factor 1/(a − 1) meets a bracket that
+    vanishes); they are smooth in a, so the limit is the mean of both sides, 1e-5 away
+    (error of order 1e-10)."""
+    below = value(replace(model, a=1.0 - 1e-5))
+    above = value(replace(model, a=1.0 + 1e-5))
+    return (below + above) / 2
+
+
 def _broadcast(frequency: object, recency: object, T: object) -> tuple[FloatArray, ...]:
     return tuple(np.asarray(v, dtype=np.float64) for v in (frequency, recency, T))
 
 
-def _log_hyp2f1(a: object, b: object, c: object, z: object) -> FloatArray:
-    """ln 2F1(a, b; c; z) for 0 <= z < 1, through Euler's transformation
-    2F1(a, b; c; z) = (1 - z)^(c-a-b) 2F1(c-a, c-b; c; z) where the direct series overflows."""
+def _scaled_hyp2f1(a: object, b: object, c: object, z: object, log_scale: object) -> FloatArray:
+    """2F1(a, b; c; z) · exp(log_scale) for 0 <= z < 1: directly where the series is finite
+    (it may be negative: with a + b < 1 the third parameter c is below 0), else through
+    Euler's transformation 2F1(a, b; c; z) = (1 - z)^(c-a-b) 2F1(c-a, c-b; c; z) with the
+    power taken in logs, where the direct series overflows."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        direct = np.log(hyp2f1(a, b, c, z))
-        euler = np.log(hyp2f1(np.subtract(c, a), np.subtract(c, b), c, z)) + (
-            np.subtract(np.subtract(c, a), b)
-        ) * np.log1p(-np.asarray(z))
-    return np.where(np.isfinite(direct), direct, euler)
+        direct = hyp2f1(a, b, c, z)
+        scaled = direct * np.exp(log_scale)
+        power = np.subtract(np.subtract(c, a), b) * np.log1p(-np.asarray(z))
+        euler = hyp2f1(np.subtract(c, a), np.subtract(c, b), c, z) * np.exp(power + log_scale)
+    return np.where(np.isfinite(direct), scaled, euler)
