@@ -676,11 +676,21 @@ def explain(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Explain the state at this date.")
     ] = None,
+    scores: Annotated[
+        bool,
+        typer.Option(
+            "--scores",
+            help="Also every score: health with its components, P(alive), RFM, CLV, "
+            "expected orders.",
+        ),
+    ] = False,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Why a customer is in their stage and segments: every rule with the values it read."""
-    result = _lifecycle(db, "explain", customer=customer, as_of=_moment(as_of, "--as-of"))
+    result = _lifecycle(
+        db, "explain", customer=customer, as_of=_moment(as_of, "--as-of"), scores=scores
+    )
     if as_json:
         _print_json(result)
         return
@@ -703,6 +713,21 @@ def explain(
     out.print("[bold]segments[/bold]")
     for rule in result["segments"]:
         _print_rule(rule["segment"], rule)
+    if "scores" in result:
+        _print_scores(result["scores"])
+
+
+def _print_scores(scores: dict[str, Any]) -> None:
+    out.print(f"[bold]scores[/bold]\n health_score = {scores['health_score']}")
+    for part in scores["health"]:
+        out.print(
+            f"   {part['label']}: {part['rule']} = {part['value']} → {part['points']} points "
+            f"(weight {part['weight']:g})",
+            highlight=False,
+        )
+    for name, value in scores.items():
+        if name not in ("health_score", "health"):
+            out.print(f" {name} = {value}", highlight=False)
 
 
 def _print_rule(name: str, rule: dict[str, Any]) -> None:

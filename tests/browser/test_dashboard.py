@@ -166,6 +166,9 @@ def test_find_a_customer_and_open_their_page(page: Page) -> None:
     first.click()
     expect(page.locator("h2", has_text="Why this stage")).to_be_visible()
     expect(page.locator("h1 .badge")).not_to_be_empty()
+    # the scores with what made them: every health component, and the health card
+    expect(page.locator("#health-parts tr")).to_have_count(6)  # a header and 5 components
+    expect(page.locator("#score-health_score")).to_be_visible()
 
 
 def test_create_a_segment_with_a_live_count(page: Page) -> None:

@@ -428,3 +428,34 @@ def test_a_shop_too_small_for_the_models_still_has_rfm_and_says_why_clv_is_missi
         assert "rfm_f" not in explained["missing"]
     finally:
         keepers.close()
+
+
+def test_explain_with_scores_shows_every_score_when_no_rule_reads_them(
+    store: Keepers, tmp_path: Any
+) -> None:
+    """A shop on the default definitions (no rule reads these fields): the customer page's
+    scores equal what the rules of `store` (same data) evaluate, and the health score is the
+    weighted mean of the points it lists."""
+    plain = Keepers.open(Settings(database_url=str(tmp_path / "k.duckdb")), clock=lambda: AS_OF)
+    try:
+        sent = messages(histories(), "o") + browser_messages()
+        plain.ingest_messages(sent, source_id="test")
+        fields = field_values(store, AS_OF)
+        for user in ("weekly", "twin_a", "browser"):
+            without = plain.lifecycle.explain(user, as_of=AS_OF)
+            assert "scores" not in without and "p_alive" not in without["traits"]
+            scores = plain.lifecycle.explain(user, as_of=AS_OF, scores=True)["scores"]
+            for name in FIELDS:
+                want = fields[user][name]
+                got = scores[name]
+                assert got == (pytest.approx(want, rel=1e-9) if isinstance(want, float) else want)
+            parts = [p for p in scores["health"] if p["points"] is not None]
+            assert parts
+            mean = sum(p["points"] * p["weight"] for p in parts) / sum(p["weight"] for p in parts)
+            assert scores["health_score"] == pytest.approx(mean, abs=0.06)  # points shown to 0.1
+        weekly = plain.lifecycle.explain("weekly", as_of=AS_OF, scores=True)["scores"]
+        frequency = next(p for p in weekly["health"] if p["component"] == "frequency")
+        orders = plain.lifecycle.explain("weekly", as_of=AS_OF)["traits"]["orders"]
+        assert frequency["value"] == orders == 78  # weekly since 2025-01-03, to AS_OF
+    finally:
+        plain.close()

@@ -141,9 +141,12 @@ def spend_model(tx: Tx, as_of: datetime) -> tuple[GammaGammaModel | None, str | 
     table = tx.fetch_arrow(compiled_sql(tx, ("clv_spend_history",), spend_history, [cutoff]))
     columns = (table.column(c).to_numpy().astype(np.float64) for c in SPEND_COLUMNS)
     x, value, usable = repeat_spend(*columns)
-    x, value = x[usable], value[usable]
+    # a parallel SUM's last bits vary with the order it adds in: rounded to a millionth of
+    # the currency and sorted, the same orders always give the same fit
+    x, value = x[usable], np.round(value[usable], 6)
     order = np.lexsort((value, x))
-    digest = hashlib.sha1(np.stack([x[order], value[order]]).tobytes()).hexdigest()
+    x, value = x[order], value[order]
+    digest = hashlib.sha1(np.stack([x, value]).tobytes()).hexdigest()
     if digest not in _SPEND_FITS:
         _SPEND_FITS[digest] = _fit_spend(x, value)
         if len(_SPEND_FITS) > 64:

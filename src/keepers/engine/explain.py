@@ -12,6 +12,7 @@ import ibis
 import ibis.expr.types as ir
 
 from keepers.domain.rules import Call, Field, Node, source_of, walk
+from keepers.engine.clv import fit_day
 from keepers.engine.compile import explain_terms
 from keepers.engine.compute import (
     affected_traits,
@@ -21,12 +22,21 @@ from keepers.engine.compute import (
 )
 from keepers.engine.fitted import FIELDS, attach_models
 from keepers.engine.plan import DAYS_SINCE, Plan
+from keepers.engine.scores import SCORED_FIELDS, ready_fields, scorers_for
 from keepers.store.database import Tx
 
 
-def explain_customer(tx: Tx, plan: Plan, customer_id: int, as_of: datetime) -> dict[str, Any]:
-    """Traits, stage rules and segments of one customer as of a moment."""
+def explain_customer(
+    tx: Tx, plan: Plan, customer_id: int, as_of: datetime, *, scores: bool = False
+) -> dict[str, Any]:
+    """Traits, stage rules and segments of one customer as of a moment; with `scores`, also
+    every score whether a rule reads it or not — health with its components, P(alive),
+    RFM, expected orders, CLV, and churn risk and persona when the day's are computed."""
     as_of = utc(as_of)
+    if scores:
+        scored = ready_fields(plan.definitions, fit_day(as_of))
+        scored |= {f for scorer in scorers_for(plan.model_fields) for f in scorer.fields}
+        plan.model_fields |= (FIELDS.keys() - SCORED_FIELDS.keys()) | scored
     attach_models(tx, plan, as_of)
     temp_table(tx, "_kp_affected", f"SELECT CAST({int(customer_id)} AS BIGINT) AS customer_id")
     traits_sql = render(tx, plan, "affected", lambda t: affected_traits(tx, plan, t), as_of)
@@ -37,6 +47,11 @@ def explain_customer(tx: Tx, plan: Plan, customer_id: int, as_of: datetime) -> d
     def explained(at: ir.TimestampValue) -> ir.Table:
         t = plan.evaluate(ibis.table(plan.state_schema(), name="_kp_one"), at)
         columns: dict[str, Any] = {}
+        if scores:
+            for key, part in plan.health_parts(t).items():
+                _, node = plan.health_values[key]
+                columns[f"_health_value_{key}"] = plan.value(t, node)
+                columns[f"_health_part_{key}"] = part
         for index, (_, _, node) in enumerate(rules):
             columns[f"_rule_{index}"] = plan.value(t, node)
             for term_index, term in enumerate(explain_terms(node)):
@@ -44,7 +59,8 @@ def explain_customer(tx: Tx, plan: Plan, customer_id: int, as_of: datetime) -> d
         return t.mutate(**columns)
 
     # compiled once per plan and process, as the compute's queries: compiling is the slow part
-    rows = tx.fetch_arrow(render(tx, plan, "explain", explained, as_of)).to_pylist()
+    kind = "explain_scores" if scores else "explain"
+    rows = tx.fetch_arrow(render(tx, plan, kind, explained, as_of)).to_pylist()
     tx.execute("DROP TABLE IF EXISTS _kp_one")
     tx.execute("DROP TABLE IF EXISTS _kp_affected")
     if not rows:
@@ -56,6 +72,7 @@ def explain_customer(tx: Tx, plan: Plan, customer_id: int, as_of: datetime) -> d
         "as_of": as_of.isoformat(),
         "traits": _traits(plan, row),
         **({"missing": missing} if missing else {}),
+        **({"scores": _scores(plan, row)} if scores else {}),
         "stage": row["new_stage"],
         "stage_rules": [
             _rule(plan, row, index, key.split(":", 1)[1], rule, node, "stage")
@@ -78,6 +95,28 @@ def _traits(plan: Plan, row: dict[str, Any]) -> dict[str, Any]:
     for name, column in plan.profile_traits.items():
         traits[name] = _plain(row.get(column))
     return traits
+
+
+def _scores(plan: Plan, row: dict[str, Any]) -> dict[str, Any]:
+    """Every score of the customer; the health score with what each component gave."""
+    health = [
+        {
+            "component": c.key,
+            "label": c.label or c.key.replace("_", " "),
+            "value": _plain(row.get(f"_health_value_{c.key}")),
+            "points": _rounded(row.get(f"_health_part_{c.key}")),
+            "weight": c.weight,
+            "rule": c.value,
+        }
+        for c in plan.definitions.health.components
+    ]
+    fitted = {name: _plain(row.get(name)) for name in FIELDS if name in plan.model_fields}
+    return {"health_score": _plain(row.get("health_score")), "health": health, **fitted}
+
+
+def _rounded(value: Any) -> float | None:
+    value = _plain(value)
+    return None if value is None else round(float(value), 1)
 
 
 def _rule(

@@ -88,6 +88,21 @@ def day_scores(
     return _CACHE[key]
 
 
+def ready_fields(definitions: Definitions, cutoff: datetime) -> set[str]:
+    """The scored fields whose scores for `cutoff` this process has computed (perhaps
+    before the latest late events: using them recomputes only if the data changed)."""
+    made = {(key[0], key[1], key[2]) for key in _CACHE}
+    rules = definitions.model_dump_json()
+    return {name for name, scorer in _SCORERS.items() if (scorer.name, cutoff, rules) in made}
+
+
+def warm(tx: Tx, definitions: Definitions, cutoff: datetime) -> list[str]:
+    """Compute (or keep) every scorer's scores for `cutoff`; the names of the scorers."""
+    for scorer in {s.name: s for s in _SCORERS.values()}.values():
+        day_scores(tx, definitions, scorer, cutoff)
+    return sorted({s.name for s in _SCORERS.values()})
+
+
 def _fingerprint(tx: Tx, cutoff: datetime) -> str:
     """What the scores read, summarised: count, ids and times of the events and orders
     before `cutoff` (late events, imports and erasures all change it)."""

@@ -184,7 +184,9 @@ def _route(operation: str, p: dict[str, Any]) -> tuple[str, str, dict | None, di
         body = {k: _iso(v) for k, v in p.items() if v is not None}
         return "POST", "/api/compute", None, body
     if operation == "explain":
-        query = {"as_of": _iso(p["as_of"])} if p.get("as_of") else None
+        query = {"as_of": _iso(p["as_of"])} if p.get("as_of") else {}
+        if p.get("scores"):
+            query["scores"] = "true"
         return "GET", f"/api/customers/{quote(p['customer'], safe='')}/explain", query, None
     if operation == "segment_save":  # the server records the change as made through the API
         body = {k: p.get(k) for k in ("rule", "label", "description")}

@@ -18,6 +18,7 @@ from keepers.domain.definitions import (
     parse_definitions,
     parse_segment,
 )
+from keepers.engine.clv import fit_day
 from keepers.engine.compute import (
     ComputeReport,
     evaluate_as_of,
@@ -29,6 +30,7 @@ from keepers.engine.compute import (
 )
 from keepers.engine.explain import explain_customer
 from keepers.engine.plan import Plan
+from keepers.engine.scores import warm as warm_day_scores
 from keepers.errors import InvalidInput, NotFound, RuleError
 from keepers.store.database import Database, Tx
 from keepers.store.definitions import (
@@ -256,11 +258,13 @@ def resolve_customer(tx: Tx, reference: str) -> int:
     return int(merged_into or customer)
 
 
-def explain(db: Database, reference: str, *, as_of: datetime) -> dict[str, Any]:
+def explain(
+    db: Database, reference: str, *, as_of: datetime, scores: bool = False
+) -> dict[str, Any]:
     with compute_transaction(db) as tx:
         customer = resolve_customer(tx, reference)
         plan = Plan.build(load_definitions(tx).definitions)
-        result = explain_customer(tx, plan, customer, as_of)
+        result = explain_customer(tx, plan, customer, as_of, scores=scores)
         profile = tx.execute(
             "SELECT user_id, anonymous_id, email FROM customers WHERE customer_id = ?", [customer]
         )[0]
@@ -450,8 +454,17 @@ class LifecycleService:
             "moves": moves,
         }
 
-    def explain(self, customer: str, as_of: datetime | None = None) -> dict[str, Any]:
-        return explain(self.db, customer, as_of=as_of or self.clock())
+    def explain(
+        self, customer: str, as_of: datetime | None = None, scores: bool = False
+    ) -> dict[str, Any]:
+        return explain(self.db, customer, as_of=as_of or self.clock(), scores=scores)
+
+    def warm_scores(self) -> list[str]:
+        """Compute today's churn-risk and persona scores if not yet done (a few seconds;
+        then every customer page shows them). Not under the compute lock: a read."""
+        with self.db.transaction() as tx:
+            definitions = load_definitions(tx).definitions
+            return warm_day_scores(tx, definitions, fit_day(self.clock()))
 
     def segments_list(self) -> list[dict[str, Any]]:
         with self.db.transaction() as tx:

@@ -568,7 +568,7 @@ class ReportCache:
         if self.last_used is None or time_module.monotonic() - self.last_used > idle_s:
             return []
         self.kept(("stages",), self.keepers.lifecycle.stages)
-        warmed = ["stages"]
+        warmed = ["stages"] + [f"scores:{n}" for n in self.keepers.lifecycle.warm_scores()]
         for name in WARM_REPORTS:
             try:
                 self.report(name, None)
@@ -716,7 +716,7 @@ def _search(keepers: Keepers, q: str) -> list[dict[str, Any]]:
 
 
 def _customer(keepers: Keepers, reference: str) -> dict[str, Any]:
-    explained = keepers.lifecycle.explain(reference)
+    explained = keepers.lifecycle.explain(reference, scores=True)
     customer_id = explained["customer"]["customer_id"]
     with keepers.db.transaction() as tx:
         events = tx.execute(

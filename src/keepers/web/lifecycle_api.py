@@ -68,9 +68,13 @@ def lifecycle_router(keepers: Keepers, admin_token: str) -> APIRouter:
         return service.stages()
 
     @router.get("/customers/{customer}/explain", responses=NOT_FOUND)
-    def explain(customer: str, as_of: AwareDatetime | None = None) -> dict[str, Any]:
-        """Traits, every stage rule in order and every segment, with the values that decided."""
-        return service.explain(customer, as_of)
+    def explain(
+        customer: str, as_of: AwareDatetime | None = None, scores: bool = False
+    ) -> dict[str, Any]:
+        """Traits, every stage rule in order and every segment, with the values that decided;
+        with `scores=true` also every score (health with its components, P(alive), RFM,
+        expected orders, CLV; churn risk and persona once the day's are computed)."""
+        return service.explain(customer, as_of, scores)
 
     @router.get("/segments")
     def segments() -> list[dict[str, Any]]:
