@@ -160,6 +160,13 @@ class Settings(BaseSettings):
     google_ads_api_base: str = Field(
         "https://googleads.googleapis.com", description="Google Ads API base URL."
     )
+    delivery_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Emails and webhooks sent at once, each group recorded before the next; "
+        "a worker killed mid-send resends at most this many (same Message-ID / webhook-id).",
+    )
     delivery_give_up_hours: float = Field(
         96.0,
         gt=0,

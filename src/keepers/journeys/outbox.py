@@ -411,11 +411,11 @@ def _build_email(row: dict[str, Any], config: DeliveryConfig) -> OutgoingEmail |
 
 
 async def _deliver_email(
-    row: dict[str, Any], config: DeliveryConfig, pool: SmtpPool | None
+    row: dict[str, Any], config: DeliveryConfig, pool: SmtpPool | None, built: Built
 ) -> Outcome:
     if pool is None:
         return Outcome("retry", "no SMTP server configured (KEEPERS_SMTP_HOST)")
-    message = _build_email(row, config)
+    message = built.pop(int(row["outbox_id"]), None) or _build_email(row, config)
     if isinstance(message, Outcome):
         return message
     return await pool.send(message)
@@ -492,15 +492,18 @@ async def _deliver_audiences(
     return out
 
 
+Built = dict[int, "OutgoingEmail | Outcome"]  # outbox id → the email built ahead
+
+
 async def _deliver_all(
-    rows: list[dict[str, Any]], config: DeliveryConfig, pool: SmtpPool | None
+    rows: list[dict[str, Any]], config: DeliveryConfig, pool: SmtpPool | None, built: Built
 ) -> list[Outcome]:
     gate = asyncio.Semaphore(config.concurrency)
 
     async def one(row: dict[str, Any]) -> Outcome:
         async with gate:
             if row["channel"] == "email":
-                return await _deliver_email(row, config, pool)
+                return await _deliver_email(row, config, pool, built)
             return await _deliver_webhook(row, config)
 
     single = [r for r in rows if r["channel"] in ("email", "webhook")]
@@ -620,7 +623,9 @@ async def _drain_claimed(
     report: DrainReport,
 ) -> DrainReport:
     """Deliver and record the claimed rows group by group, over SMTP sessions kept open
-    for the whole batch (the database writes between groups are short and synchronous)."""
+    for the whole batch. A group is sent only once the one before is recorded; while that
+    record is written (on a thread: the database does not hold the interpreter), the next
+    group's emails are built — rendering, composing and signing send nothing."""
     decisions = _decide(rows, now, config)
     single = [
         i
@@ -630,21 +635,36 @@ async def _drain_claimed(
     size = max(1, config.concurrency)
     groups = [sorted(set(range(len(rows))) - set(single))]
     groups += [single[i : i + size] for i in range(0, len(single), size)]
+    groups = [g for g in groups if g]
     pool = SmtpPool(config.smtp) if config.smtp is not None else None
+    built: Built = {}
+
+    def build(group: list[int]) -> None:
+        for i in group:
+            if pool is not None and rows[i]["channel"] == "email" and decisions[i][0] == "send":
+                built[int(rows[i]["outbox_id"])] = _build_email(rows[i], config)
+
+    loop = asyncio.get_running_loop()
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keepers-record")
     try:
-        for group in filter(None, groups):
+        for n, group in enumerate(groups):
             picked = [rows[i] for i in group]
-            await _settle(
-                db, picked, [decisions[i] for i in group], now, config, ingest, report, pool
+            picked_decisions = [decisions[i] for i in group]
+            results, suppress = await _outcomes(
+                picked, picked_decisions, now, config, ingest, report, pool, built
             )
+            written = loop.run_in_executor(writer, _write, db, picked, results, suppress, now)
+            if n + 1 < len(groups):
+                build(groups[n + 1])
+            await written
     finally:
+        writer.shutdown(wait=True)
         if pool is not None:
             await pool.close()
     return report
 
 
-async def _settle(
-    db: Database,
+async def _outcomes(
     rows: list[dict[str, Any]],
     decisions: list[tuple[str, str]],
     now: datetime,
@@ -652,14 +672,15 @@ async def _settle(
     ingest: Ingest | None,
     report: DrainReport,
     pool: SmtpPool | None,
-) -> None:
-    """Deliver what governance let through, then record every row's outcome (committed)."""
+    built: Built,
+) -> tuple[list[tuple[str, Any, Any, Any, str, str]], list[str]]:
+    """Deliver what governance let through; every row's outcome, and addresses to suppress."""
     to_send = [r for r, (verdict, _) in zip(rows, decisions, strict=True) if verdict == "send"]
     outside = [r for r in to_send if r["channel"] != "trait"]
     delivered = dict(
         zip(
             (int(r["outbox_id"]) for r in outside),
-            await _deliver_all(outside, config, pool) if outside else [],
+            await _deliver_all(outside, config, pool, built) if outside else [],
             strict=True,
         )
     )
@@ -683,6 +704,17 @@ async def _settle(
         results.append(_result(row, outcome, now, config, report))
         if outcome.suppress and row.get("email"):
             suppress.append(address_hash(row["email"]))
+    return results, suppress
+
+
+def _write(
+    db: Database,
+    rows: list[dict[str, Any]],
+    results: list[tuple[str, Any, Any, Any, str, str]],
+    suppress: list[str],
+    now: datetime,
+) -> None:
+    """Record every row's outcome and the addresses to suppress (committed)."""
     with db.transaction() as tx:
         _record(tx, rows, results, now)
         for h in sorted(set(suppress)):

@@ -225,6 +225,7 @@ class JourneyService:
             webhook_secrets=(webhook,),
             webhook_allow_private=s.webhook_allow_private,
             give_up_hours=s.delivery_give_up_hours,
+            concurrency=s.delivery_concurrency,
             dkim=dkim,
             tracking=s.email_tracking,
             meta=_meta(s),
