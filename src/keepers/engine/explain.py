@@ -10,9 +10,10 @@ from typing import Any
 
 import ibis
 import ibis.expr.types as ir
+import numpy as np
 
 from keepers.domain.rules import Call, Field, Node, source_of, walk
-from keepers.engine.clv import fit_day
+from keepers.engine.clv import fit_day, repeat_spend, rft
 from keepers.engine.compile import explain_terms
 from keepers.engine.compute import (
     affected_traits,
@@ -20,9 +21,11 @@ from keepers.engine.compute import (
     temp_table,
     utc,
 )
-from keepers.engine.fitted import FIELDS, attach_models
+from keepers.engine.expectation import CLV_MONTHS, EXPECTED_DAYS, MONTHLY_DISCOUNT
+from keepers.engine.fitted import EXPECTED_FIELDS, FIELDS, attach_models, day_models
 from keepers.engine.plan import DAYS_SINCE, Plan
 from keepers.engine.scores import SCORED_FIELDS, ready_fields, scorers_for
+from keepers.models.clv import customer_lifetime_value
 from keepers.store.database import Tx
 
 
@@ -36,7 +39,11 @@ def explain_customer(
     if scores:
         scored = ready_fields(plan.definitions, fit_day(as_of))
         scored |= {f for scorer in scorers_for(plan.model_fields) for f in scorer.fields}
-        plan.model_fields |= (FIELDS.keys() - SCORED_FIELDS.keys()) | scored
+        # expected orders and CLV as SQL are thousands of terms, which a one-customer
+        # query would spend most of its time parsing: unless a rule reads them they are
+        # computed below from the same day's models, in NumPy
+        cheap = FIELDS.keys() - SCORED_FIELDS.keys() - EXPECTED_FIELDS
+        plan.model_fields |= cheap | scored
     attach_models(tx, plan, as_of)
     temp_table(tx, "_kp_affected", f"SELECT CAST({int(customer_id)} AS BIGINT) AS customer_id")
     traits_sql = render(tx, plan, "affected", lambda t: affected_traits(tx, plan, t), as_of)
@@ -72,7 +79,7 @@ def explain_customer(
         "as_of": as_of.isoformat(),
         "traits": _traits(plan, row),
         **({"missing": missing} if missing else {}),
-        **({"scores": _scores(plan, row)} if scores else {}),
+        **({"scores": _scores(tx, plan, row, customer_id, as_of)} if scores else {}),
         "stage": row["new_stage"],
         "stage_rules": [
             _rule(plan, row, index, key.split(":", 1)[1], rule, node, "stage")
@@ -97,7 +104,9 @@ def _traits(plan: Plan, row: dict[str, Any]) -> dict[str, Any]:
     return traits
 
 
-def _scores(plan: Plan, row: dict[str, Any]) -> dict[str, Any]:
+def _scores(
+    tx: Tx, plan: Plan, row: dict[str, Any], customer_id: int, as_of: datetime
+) -> dict[str, Any]:
     """Every score of the customer; the health score with what each component gave."""
     health = [
         {
@@ -111,7 +120,44 @@ def _scores(plan: Plan, row: dict[str, Any]) -> dict[str, Any]:
         for c in plan.definitions.health.components
     ]
     fitted = {name: _plain(row.get(name)) for name in FIELDS if name in plan.model_fields}
-    return {"health_score": _plain(row.get("health_score")), "health": health, **fitted}
+    for name, value in _predicted(tx, plan, row, customer_id, as_of).items():
+        fitted.setdefault(name, value)
+    ordered = {name: fitted[name] for name in FIELDS if name in fitted}
+    return {"health_score": _plain(row.get("health_score")), "health": health, **ordered}
+
+
+def _predicted(
+    tx: Tx, plan: Plan, row: dict[str, Any], customer_id: int, as_of: datetime
+) -> dict[str, float | None]:
+    """`expected_orders_90d` and `clv_12m` of one customer with the day's BG/NBD and
+    Gamma-Gamma in NumPy (the exact formulas the SQL approximates within 1e-8)."""
+    none: dict[str, float | None] = dict.fromkeys(sorted(EXPECTED_FIELDS))
+    orders = row.get("orders") or 0
+    if orders < 1:
+        return none
+    models = day_models(tx, EXPECTED_FIELDS, as_of, plan.definitions)
+    if models.purchase is None or models.expectation is None:
+        return none
+    first, last = row["_e_first_order_at"], row["_e_last_order_at"]
+    x, t_x, age = rft(np.array([orders]), np.array([first]), np.array([last]), as_of.timestamp())
+    purchase = models.purchase
+    expected = purchase.conditional_expected_purchases(EXPECTED_DAYS / 7.0, x, t_x, age)
+    out: dict[str, float | None] = {"expected_orders_90d": float(expected[0]), "clv_12m": None}
+    if models.spend is not None:
+        first_value = tx.execute(
+            "SELECT COALESCE(revenue, total, 0) AS v FROM orders WHERE customer_id = ? "
+            "AND ordered_at <= ? ORDER BY ordered_at, v LIMIT 1",
+            [customer_id, as_of],
+        )[0][0]
+        _, value, usable = repeat_spend(
+            np.array([orders]), np.array([row.get("revenue") or 0.0]), np.array([first_value])
+        )
+        spend = models.spend.conditional_expected_spend(x, np.where(usable, value, 0.0))
+        clv = customer_lifetime_value(
+            purchase, x, t_x, age, spend, months=CLV_MONTHS, monthly_discount_rate=MONTHLY_DISCOUNT
+        )
+        out["clv_12m"] = float(clv[0])
+    return out
 
 
 def _rounded(value: Any) -> float | None:

@@ -91,7 +91,9 @@ def day_models(
     if fitted:
         cutoff = fit_day(as_of)
         mark = tx.execute(
-            "SELECT count(*), sum(customer_id), sum(extract(epoch FROM ordered_at)),"
+            # integers only: a float SUM's last bits vary with the order it adds in
+            "SELECT count(*), sum(customer_id),"
+            " sum(CAST(extract(epoch FROM ordered_at) * 1000000 AS BIGINT)),"
             " sum(CAST(COALESCE(revenue, total, 0) AS DECIMAL(38, 6))) FROM orders"
             " WHERE ordered_at < ?",
             [cutoff],

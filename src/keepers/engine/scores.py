@@ -109,7 +109,8 @@ def _fingerprint(tx: Tx, cutoff: datetime) -> str:
     rows = tx.execute(
         "SELECT (SELECT count(*) FROM events WHERE timestamp < ?),"
         " (SELECT sum(customer_id) FROM events WHERE timestamp < ?),"
-        " (SELECT sum(extract(epoch FROM timestamp)) FROM events WHERE timestamp < ?),"
+        " (SELECT sum(CAST(extract(epoch FROM timestamp) * 1000000 AS BIGINT)) FROM events"
+        " WHERE timestamp < ?),"
         " (SELECT count(*) FROM orders WHERE ordered_at < ?),"
         " (SELECT sum(customer_id) FROM orders WHERE ordered_at < ?)",
         [cutoff] * 5,

@@ -569,6 +569,12 @@ class ReportCache:
             return []
         self.kept(("stages",), self.keepers.lifecycle.stages)
         warmed = ["stages"] + [f"scores:{n}" for n in self.keepers.lifecycle.warm_scores()]
+        # the customer page's query, compiled for the day's models (about 1–2 s, once)
+        with self.keepers.db.transaction() as tx:
+            anyone = tx.execute("SELECT min(customer_id) FROM customers")[0][0]
+        if anyone is not None:
+            self.keepers.lifecycle.explain(str(anyone), scores=True)
+            warmed.append("customer page")
         for name in WARM_REPORTS:
             try:
                 self.report(name, None)
