@@ -562,25 +562,27 @@ class ReportCache:
 
     def warm(self, idle_s: float = 900.0) -> list[str]:
         """After a compute run: compute what the overview shows (stages, funnel, churn,
-        CLV by stage) for the new run, so the next visitor does not wait for it — only
-        while someone has used the dashboard in the last `idle_s` seconds. Returns what
-        was warmed."""
+        CLV by stage) for the new run, then the day's churn-risk and persona scores and the
+        customer page's query, so the next visitor does not wait for them — only while
+        someone has used the dashboard in the last `idle_s` seconds. Returns what was
+        warmed."""
         if self.last_used is None or time_module.monotonic() - self.last_used > idle_s:
             return []
         self.kept(("stages",), self.keepers.lifecycle.stages)
-        warmed = ["stages"] + [f"scores:{n}" for n in self.keepers.lifecycle.warm_scores()]
-        # the customer page's query, compiled for the day's models (about 1–2 s, once)
-        with self.keepers.db.transaction() as tx:
-            anyone = tx.execute("SELECT min(customer_id) FROM customers")[0][0]
-        if anyone is not None:
-            self.keepers.lifecycle.explain(str(anyone), scores=True)
-            warmed.append("customer page")
+        warmed = ["stages"]
         for name in WARM_REPORTS:
             try:
                 self.report(name, None)
             except KeepersError:
                 continue  # e.g. no orders yet: the page shows the message itself
             warmed.append(name)
+        warmed += [f"scores:{n}" for n in self.keepers.lifecycle.warm_scores()]
+        # the customer page's query, compiled for the day's models (about 1–2 s, once)
+        with self.keepers.db.transaction() as tx:
+            anyone = tx.execute("SELECT min(customer_id) FROM customers")[0][0]
+        if anyone is not None:
+            self.keepers.lifecycle.explain(str(anyone), scores=True)
+            warmed.append("customer page")
         return warmed
 
     def kept(self, key: tuple, build: Callable[[], Any], *version: Hashable) -> Any:
