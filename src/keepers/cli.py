@@ -728,6 +728,12 @@ def _print_scores(scores: dict[str, Any]) -> None:
     for name, value in scores.items():
         if name not in ("health_score", "health"):
             out.print(f" {name} = {value}", highlight=False)
+    if "churn_risk" not in scores:
+        out.print(
+            " churn_risk, persona: scored once a day when a rule or the dashboard needs them "
+            "(`keepers report churn-risk`, `keepers report personas` show them now)",
+            highlight=False,
+        )
 
 
 def _print_rule(name: str, rule: dict[str, Any]) -> None:

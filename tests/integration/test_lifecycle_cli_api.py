@@ -373,6 +373,23 @@ def test_explain_lists_every_rule_with_the_values_that_decided(shop):
     assert cli_json("explain", "z1", "--as-of", day(25), db=shop)["stage"] == "at_risk"
 
 
+def test_explain_scores_shows_the_health_score_and_what_made_it(duckdb_shop):
+    cli_json("compute", db=duckdb_shop)
+    scores = cli_json("explain", "l1", "--scores", db=duckdb_shop)["scores"]
+    parts = {p["component"]: p for p in scores["health"]}
+    assert parts["frequency"]["value"] == 3  # l1's orders, read by `orders`
+    assert parts["nps"]["value"] == 10.0
+    known = [p for p in parts.values() if p["points"] is not None]
+    mean = sum(p["points"] * p["weight"] for p in known) / sum(p["weight"] for p in known)
+    assert scores["health_score"] == pytest.approx(mean, abs=0.06)
+    assert "rfm_segment" in scores and "clv_12m" in scores  # with or without a model fitted
+    shown = runner.invoke(app, ["explain", "l1", "--scores", "--db", duckdb_shop])
+    assert shown.exit_code == 0, shown.output
+    assert f"health_score = {scores['health_score']}" in shown.output
+    assert "frequency: orders = 3" in shown.output
+    assert "churn_risk, persona: scored once a day" in shown.output
+
+
 def test_explaining_an_unknown_customer_is_one_readable_line(duckdb_shop):
     cli_json("compute", db=duckdb_shop)
     result = runner.invoke(app, ["explain", "nobody@example.com", "--db", duckdb_shop])
