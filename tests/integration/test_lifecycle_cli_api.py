@@ -373,7 +373,10 @@ def test_explain_lists_every_rule_with_the_values_that_decided(shop):
     assert cli_json("explain", "z1", "--as-of", day(25), db=shop)["stage"] == "at_risk"
 
 
-def test_explain_scores_shows_the_health_score_and_what_made_it(duckdb_shop):
+def test_explain_scores_shows_the_health_score_and_what_made_it(duckdb_shop, monkeypatch):
+    from keepers.engine import scores as day_scores
+
+    monkeypatch.setattr(day_scores, "_CACHE", {})  # nothing scored today in this process
     cli_json("compute", db=duckdb_shop)
     scores = cli_json("explain", "l1", "--scores", db=duckdb_shop)["scores"]
     parts = {p["component"]: p for p in scores["health"]}
