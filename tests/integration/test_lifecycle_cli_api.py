@@ -620,6 +620,14 @@ def test_the_rest_api_computes_stages_and_explains(api, live_server):
     assert next(r["stage"] for r in why["stage_rules"] if r["matched"]) == "loyalty"
     missing = api.get("/api/customers/nobody/explain")
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    # a backfill from year 1 (a fuzzer found its 7-day windows falling off the calendar)
+    for body in (
+        {"as_of": "0020-01-01T00:00:00Z", "backfill_since": "0001-01-01T00:00:00Z"},
+        {"as_of": "1899-12-31T23:59:59Z"},
+    ):
+        refused = api.post("/api/compute", json=body)
+        assert refused.status_code == 400, refused.text
+        assert "must not be before 1900-01-01" in refused.json()["message"]
 
 
 def test_the_rest_api_saves_segments_and_definitions(api):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keepers.domain.definitions import (
@@ -40,6 +40,7 @@ from keepers.store.definitions import (
 )
 
 DEFAULT_ACTOR = "keepers"
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)  # the earliest moment a compute may be asked for
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,10 @@ class LifecycleService:
         every: str = "week",
         engine: str = "database",
     ) -> dict[str, Any]:
+        for name, moment in (("as_of", as_of), ("backfill_since", backfill_since)):
+            if moment is not None and utc(moment) < EARLIEST:
+                # windows reach back up to a year before a moment: keep them in the calendar
+                raise InvalidInput(f"{name}: must not be before {EARLIEST.date()}")
         if backfill_since is not None:
             return backfill(self.db, since=backfill_since, until=as_of or self.clock(), every=every)
         if as_of is not None:
