@@ -33,21 +33,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from keepers.engine.sql import compiled_sql
+from keepers.engine.tables import ORDERS
 from keepers.errors import KeepersError
 from keepers.models.bgnbd import BGNBDModel, fit_bgnbd
 from keepers.models.gamma_gamma import GammaGammaModel, fit_gamma_gamma
 from keepers.store.database import Tx
 
-ORDERS = ibis.table({"customer_id": "int64", "ordered_at": "timestamp('UTC')"}, name="orders")
-SPEND_ORDERS = ibis.table(
-    {
-        "customer_id": "int64",
-        "ordered_at": "timestamp('UTC')",
-        "revenue": "float64",
-        "total": "float64",
-    },
-    name="orders",
-)
 SPEND_COLUMNS = ("orders", "revenue", "first_value")
 WEEK = 604_800.0
 _FITS: dict[str, BGNBDModel | None] = {}
@@ -130,7 +121,7 @@ def repeat_spend(orders: np.ndarray, revenue: np.ndarray, first_value: np.ndarra
 
 
 def spend_history(cutoff: ir.TimestampValue) -> ir.Table:
-    o = SPEND_ORDERS.filter(SPEND_ORDERS.ordered_at < cutoff)
+    o = ORDERS.filter(ORDERS.ordered_at < cutoff)
     return order_summary(o.mutate(value=o.revenue.coalesce(o.total, 0.0)))
 
 

@@ -22,7 +22,7 @@ from keepers.engine.compute import (
     utc,
 )
 from keepers.engine.expectation import CLV_MONTHS, EXPECTED_DAYS, MONTHLY_DISCOUNT
-from keepers.engine.fitted import EXPECTED_FIELDS, FIELDS, attach_models, day_models
+from keepers.engine.fitted import EXPECTED_FIELDS, FIELDS, attach_models
 from keepers.engine.plan import DAYS_SINCE, Plan
 from keepers.engine.scores import SCORED_FIELDS, ready_fields, scorers_for
 from keepers.models.clv import customer_lifetime_value
@@ -44,7 +44,7 @@ def explain_customer(
         # computed below from the same day's models, in NumPy
         cheap = FIELDS.keys() - SCORED_FIELDS.keys() - EXPECTED_FIELDS
         plan.model_fields |= cheap | scored
-    attach_models(tx, plan, as_of)
+    attach_models(tx, plan, as_of, also=EXPECTED_FIELDS if scores else frozenset())
     temp_table(tx, "_kp_affected", f"SELECT CAST({int(customer_id)} AS BIGINT) AS customer_id")
     traits_sql = render(tx, plan, "affected", lambda t: affected_traits(tx, plan, t), as_of)
     temp_table(tx, "_kp_one", traits_sql)
@@ -135,7 +135,7 @@ def _predicted(
     orders = row.get("orders") or 0
     if orders < 1:
         return none
-    models = day_models(tx, EXPECTED_FIELDS, as_of, plan.definitions)
+    models = plan.models  # fitted for these fields too (`attach_models(also=…)`)
     if models.purchase is None or models.expectation is None:
         return none
     first, last = row["_e_first_order_at"], row["_e_last_order_at"]

@@ -60,13 +60,14 @@ class DayModels:
     missing: tuple[tuple[str, str], ...] = ()  # (field, why it has no values today)
     fields: frozenset[str] = frozenset()  # the fields these were fitted for
     # scorer table name → the day's scores (customer_id + fields), staged for the run
+    # (which scores are present shows in `missing`, part of the compiled queries' key)
     scores: tuple[tuple[str, pa.Table], ...] = field(default=(), repr=False, compare=False)
-    scored: tuple[str, ...] = ()  # the tables in `scores`: part of the compiled queries' key
 
 
-def attach_models(tx: Tx, plan: Plan, as_of: datetime) -> Plan:
-    """Give `plan` the day's models its rules read at `as_of` (nothing when unused)."""
-    plan.models = day_models(tx, plan.model_fields, as_of, plan.definitions)
+def attach_models(tx: Tx, plan: Plan, as_of: datetime, also: frozenset[str] = frozenset()) -> Plan:
+    """Give `plan` the day's models its rules read at `as_of` (nothing when unused), and
+    those of the fields in `also`, which a caller works out itself (not in the rules' SQL)."""
+    plan.models = day_models(tx, plan.model_fields | also, as_of, plan.definitions)
     for name, table in plan.models.scores:
         tx.stage(name, table)
     if plan.model_fields & EXPECTED_FIELDS and tx.dialect.name == "postgres":
@@ -120,7 +121,6 @@ def day_models(
         missing=tuple(sorted(missing.items())),
         fields=wanted,
         scores=tuple(scores),
-        scored=tuple(name for name, _ in scores),
     )
 
 

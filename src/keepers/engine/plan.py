@@ -38,6 +38,7 @@ from keepers.engine.compile import (
 )
 from keepers.engine.fitted import FIELDS, FIRST_ORDER_VALUE, DayModels, fitted_values
 from keepers.engine.rfm import SEGMENT_KEYS
+from keepers.engine.tables import ORDERS
 from keepers.errors import RuleError
 
 TS = "timestamp('UTC')"
@@ -59,15 +60,6 @@ def events_table(*, jsonb: bool, name: str = "events") -> ir.Table:
     return ibis.table({**EVENT_COLUMNS, **dict.fromkeys(JSON_COLUMNS, json_type)}, name=name)
 
 
-ORDERS = ibis.table(
-    {
-        "customer_id": "int64",
-        "ordered_at": TS,
-        "revenue": "float64",
-        "total": "float64",
-    },
-    name="orders",
-)
 REFUNDS = ibis.table(
     {"customer_id": "int64", "refunded_at": TS, "amount": "float64"}, name="refunds"
 )

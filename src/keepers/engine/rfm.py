@@ -32,6 +32,7 @@ import ibis.expr.types as ir
 
 from keepers.engine.clv import fit_day
 from keepers.engine.sql import compiled_sql
+from keepers.engine.tables import ORDERS
 from keepers.store.database import Tx
 
 # (key, label, recency scores, frequency scores), in priority order
@@ -50,15 +51,6 @@ SEGMENTS: tuple[tuple[str, str, tuple[int, ...], tuple[int, ...]], ...] = (
 )
 SEGMENT_KEYS = tuple(s[0] for s in SEGMENTS)
 MEASURES = ("recency", "frequency", "monetary")
-ORDERS = ibis.table(
-    {
-        "customer_id": "int64",
-        "ordered_at": "timestamp('UTC')",
-        "revenue": "float64",
-        "total": "float64",
-    },
-    name="orders",
-)
 
 
 @dataclass(frozen=True)

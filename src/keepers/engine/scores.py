@@ -107,12 +107,10 @@ def _fingerprint(tx: Tx, cutoff: datetime) -> str:
     """What the scores read, summarised: count, ids and times of the events and orders
     before `cutoff` (late events, imports and erasures all change it)."""
     rows = tx.execute(
-        "SELECT (SELECT count(*) FROM events WHERE timestamp < ?),"
-        " (SELECT sum(customer_id) FROM events WHERE timestamp < ?),"
-        " (SELECT sum(CAST(extract(epoch FROM timestamp) * 1000000 AS BIGINT)) FROM events"
-        " WHERE timestamp < ?),"
-        " (SELECT count(*) FROM orders WHERE ordered_at < ?),"
-        " (SELECT sum(customer_id) FROM orders WHERE ordered_at < ?)",
-        [cutoff] * 5,
+        "SELECT * FROM (SELECT count(*), sum(customer_id),"
+        " sum(CAST(extract(epoch FROM timestamp) * 1000000 AS BIGINT))"
+        " FROM events WHERE timestamp < ?) AS e,"
+        " (SELECT count(*), sum(customer_id) FROM orders WHERE ordered_at < ?) AS o",
+        [cutoff] * 2,
     )
     return hashlib.sha1(repr(tuple(str(v) for v in rows[0])).encode()).hexdigest()
