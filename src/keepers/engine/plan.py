@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,7 +29,23 @@ import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 
 from keepers.domain.definitions import BUILTIN_TRAITS, Definitions, TraitDefinition
-from keepers.domain.rules import Call, FunctionSpec, Node, Scope, check, check_number, parse
+from keepers.domain.rules import (
+    COMPARISONS,
+    Binary,
+    Call,
+    Field,
+    FunctionSpec,
+    In,
+    IsNull,
+    Literal,
+    Node,
+    Scope,
+    check,
+    check_number,
+    children,
+    parse,
+    plain_literal,
+)
 from keepers.engine.compile import (
     call_arguments,
     compile_condition,
@@ -547,13 +564,78 @@ class Plan:
     def days_ticked(
         self, state: ir.Table, at: ir.TimestampValue, previous: ir.TimestampValue
     ) -> ir.BooleanValue:
-        """Whether any "days since" value of a customer differs between two moments."""
+        """Whether a "days since" value a stage or segment rule reads has moved between two
+        moments (`previous` ≤ `at`) far enough to change the rule's outcome: across one of
+        the day counts it is compared with (`days_since_last_order > 180` changes only
+        when the count goes from 180 to 181), or at all where it is used otherwise."""
         now, then = at.epoch_seconds(), previous.epoch_seconds()
         ticked = ibis.literal(False)
-        for column in self._dated_columns():
+        for column, points in self.tick_points().items():
             epoch = state[_epoch_column(column)]
-            ticked = ticked | (_days(now, epoch) != _days(then, epoch)).fill_null(False)
+            if points is None:
+                moved = _days(then, epoch) != _days(now, epoch)
+            else:
+                # the count reaches k between the moments: then - k days < epoch <= now - k
+                # days, a plain range; a second of slack either side can only add
+                # customers (evaluated exactly), never miss one to rounding
+                moved = ibis.literal(False)
+                for k in sorted(points):
+                    moved = moved | epoch.between(then - (k * 86400 + 1), now - (k * 86400 - 1))
+            ticked = ticked | moved.fill_null(False)
         return ticked
+
+    def tick_points(self) -> dict[str, frozenset[int] | None]:
+        """For each dated column the stage and segment rules read: the day counts at which
+        an outcome can change (a count crossing from below k to k or above), or None when
+        a rule uses the count in a way that can change with any day."""
+
+        def column_of(node: Node) -> str | None:
+            if isinstance(node, Field):
+                return DAYS_SINCE.get(node.name)
+            if isinstance(node, Call) and node.name == "days_since":
+                return self.call_columns[_call_key(node)]
+            return None
+
+        points: dict[str, set[int] | None] = {}
+
+        def add(column: str, ks: set[int] | None) -> None:
+            if column in points and points[column] is None:
+                return
+            points[column] = None if ks is None else points.get(column, set()) | ks
+
+        def visit(node: Node, *, any_use: bool = False) -> None:
+            column = column_of(node)
+            if column is not None:
+                add(column, None)
+                return
+            if not any_use and isinstance(node, Binary) and node.op in COMPARISONS:
+                for side, other, op in (
+                    (node.left, node.right, node.op),
+                    (node.right, node.left, _MIRROR[node.op]),
+                ):
+                    column, number = column_of(side), _number(plain_literal(other))
+                    if column is not None and number is not None:
+                        add(column, _critical_days(op, number))
+                        return
+            if not any_use and isinstance(node, In):
+                column = column_of(node.operand)
+                numbers = [_number(plain_literal(item)) for item in node.items.items]
+                if column is not None and None not in numbers:
+                    add(column, {k for n in numbers for k in _critical_days("==", n)})
+                    return
+            if isinstance(node, IsNull) and column_of(node.operand) is not None:
+                return  # a count is NULL exactly when its date is, at any moment
+            for child in children(node):
+                visit(child, any_use=any_use)
+
+        rules = [node for _, _, node in self.stage_rules]
+        rules += [node for _, node in self.segment_rules.values()]
+        for node in rules:
+            visit(node)
+        if any("health_score" in references(node)[0] for node in rules):
+            for _, node in self.health_values.values():
+                visit(node, any_use=True)
+        return {c: None if ks is None else frozenset(ks) for c, ks in points.items()}
 
     def _stage_expr(self, t: ir.Table) -> ir.StringValue:
         cases = [(self._condition(t, node), key) for key, _, node in self.stage_rules]
@@ -587,6 +669,23 @@ class Plan:
 
     def stage_causes(self) -> dict[str, str]:
         return {key: rule for key, rule, _ in self.stage_rules}
+
+
+_MIRROR = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+def _number(literal: Literal | None) -> float | None:
+    value = None if literal is None else literal.value
+    return None if isinstance(value, bool) or not isinstance(value, int | float) else value
+
+
+def _critical_days(op: str, number: float) -> set[int]:
+    """The whole day counts k where `days op number` changes as days goes from k-1 to k."""
+    if op in (">", "<="):
+        return {math.floor(number) + 1}
+    if op in (">=", "<"):
+        return {math.ceil(number)}
+    return {int(number), int(number) + 1} if float(number).is_integer() else set()
 
 
 def _call_key(call: Call) -> tuple:
