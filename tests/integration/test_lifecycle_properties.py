@@ -3,10 +3,13 @@
 1. Incremental runs after any split of the event stream (chunks ingested between runs at
    increasing as-of times, windows expiring in between, events dated in the future of early
    runs) leave the same traits, stages and segments as one full recompute.
-2. The state as of a time T — evaluated without writing (`lifecycle.state_as_of`), and
+2. Over a live log (each run sees only events dated after the previous one), runs that
+   bring stored traits forward leave what one full recompute counts, for traits of every
+   kind.
+3. The state as of a time T — evaluated without writing (`lifecycle.state_as_of`), and
    stored by a full run at T — on a store that holds later events too, equals a fresh
    store loaded with only the events up to T.
-3. Two computes started together on one Keepers object serialise and leave the state of
+4. Two computes started together on one Keepers object serialise and leave the state of
    a single run.
 
 Each hypothesis example gets its own temporary directory: the function-scoped `tmp_path`
@@ -28,8 +31,15 @@ import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
+from keepers.domain.definitions import (
+    Definitions,
+    SegmentDefinition,
+    TraitDefinition,
+    default_definitions,
+)
 from keepers.services import lifecycle
 from keepers.services.keepers import Keepers
+from keepers.services.lifecycle import store_definitions
 from keepers.settings import Settings
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -347,7 +357,89 @@ def test_customer_created_between_runs_is_picked_up_incrementally() -> None:
     assert_same(incremental, full)  # fails: the incremental state has no row for u1
 
 
-# --- 2. as-of equals a fresh store loaded with the events up to T -------------------------
+# --- 2. over a live log, stored traits brought forward equal a full recompute ------------
+
+
+# Traits of every kind an incremental run brings forward from the stored value and the
+# events since (sums, extremes, first and last values, filtered counts, a profile trait),
+# and windowed ones it recounts (an average, a distinct count), all read by segments.
+LIVE_TRAITS = [
+    TraitDefinition(key="spent", aggregate="sum", event="Order Completed", property="revenue"),
+    TraitDefinition(key="smallest", aggregate="min", event="Order Completed", property="revenue"),
+    TraitDefinition(key="largest", aggregate="max", event="Order Completed", property="revenue"),
+    TraitDefinition(key="first_product", aggregate="first", property="product_id"),
+    TraitDefinition(
+        key="last_score", aggregate="last", event="NPS Survey Answered", property="score"
+    ),
+    TraitDefinition(
+        key="big_orders",
+        aggregate="count",
+        event="Order Completed",
+        where="properties.revenue > 200",
+    ),
+    TraitDefinition(key="recent_avg", aggregate="avg", property="revenue", days=45),
+    TraitDefinition(key="products_30d", aggregate="distinct", property="product_id", days=30),
+]
+LIVE_SEGMENTS = {
+    "big_spender": "spent > 300 and largest >= 200",
+    "cheap_first": "smallest < 50",
+    "p1_first": 'first_product == "p1"',
+    "happy": "last_score >= 9",
+    "browsing": "products_30d >= 2 or recent_avg > 150",
+    "pro": 'traits.plan == "pro"',
+}
+
+
+@st.composite
+def live_runs(draw: st.DrawFn) -> tuple[list[Drawn], list[int], list[datetime]]:
+    """A stream in time order, like a live log, cut into chunks; each run's as-of lies
+    after its chunk's last event and before the next chunk's first, so the runs see only
+    events dated after the previous run (the traits are brought forward)."""
+    stream = sorted(draw(streams()), key=lambda d: d.at)
+    cuts = sorted(set(draw(st.lists(st.integers(1, len(stream)), min_size=1, max_size=4))))
+    chunks = chunked(stream, [c for c in cuts if c < len(stream)])
+    moments = []
+    for index, chunk in enumerate(chunks):
+        last = chunk[-1].at if chunk else moments[-1]
+        following = chunks[index + 1][0].at if index + 1 < len(chunks) else None
+        gap = (following - last).total_seconds() if following else 90 * 86_400
+        moments.append(last + timedelta(seconds=draw(st.integers(0, max(0, int(gap) - 1)))))
+    return stream, [len(c) for c in chunks], moments
+
+
+@PROPERTY_SETTINGS
+@given(live_runs())
+def test_runs_over_a_live_log_bring_traits_forward_as_a_full_recompute_counts_them(
+    case: tuple[list[Drawn], list[int], list[datetime]],
+) -> None:
+    stream, sizes, moments = case
+    messages = to_messages(stream)
+    note(f"runs at {moments}; chunk sizes {sizes}")
+    definitions = default_definitions()
+    definitions.traits += LIVE_TRAITS
+    definitions.segments += [SegmentDefinition(key=k, rule=r) for k, r in LIVE_SEGMENTS.items()]
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    with tempfile.TemporaryDirectory() as directory:
+        with store(directory, "incremental", START) as a:
+            define(a, definitions)
+            for index, as_of in enumerate(moments):
+                ingest(a, messages[bounds[index] : bounds[index + 1]])
+                event(f"run mode: {a.compute(as_of=as_of).mode}")
+            incremental = check_consistent(a)
+        with store(directory, "full", START) as b:
+            define(b, definitions)
+            ingest(b, messages)
+            b.compute(as_of=moments[-1], full=True)
+            full = check_consistent(b)
+    assert_same(incremental, full)
+
+
+def define(keepers: Keepers, definitions: Definitions) -> None:
+    with keepers.db.transaction() as tx:
+        store_definitions(tx, definitions, actor="test", summary="live log", now=START)
+
+
+# --- 3. as-of equals a fresh store loaded with the events up to T -------------------------
 
 
 @st.composite
@@ -414,7 +506,7 @@ def without_unseen(
     return {user: row for user, row in state.items() if user not in unseen}
 
 
-# --- 3. concurrent computes on one Keepers object -----------------------------------------
+# --- 4. concurrent computes on one Keepers object -----------------------------------------
 
 
 def fixed_stream(first_day: int, count: int) -> list[dict[str, Any]]:

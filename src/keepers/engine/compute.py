@@ -211,19 +211,22 @@ def _jsonb(tx: Tx) -> bool:
     return tx.dialect.name == "postgres"
 
 
-def affected_traits(tx: Tx, plan: Plan, as_of: Any) -> Any:
-    """The traits of the customers listed in `_kp_affected`."""
-    return plan.traits(as_of, only_affected=True, jsonb=_jsonb(tx))
+def affected_traits(tx: Tx, plan: Plan, as_of: Any, listed: str = "_kp_affected") -> Any:
+    """The traits of the customers listed in `_kp_affected` (or another list), from their
+    whole history."""
+    return plan.traits(as_of, only=listed, jsonb=_jsonb(tx))
 
 
-def temp_table(tx: Tx, name: str, select: str) -> None:
+def temp_table(tx: Tx, name: str, select: str, params: list[Any] | None = None) -> None:
     tx.execute(f"DROP TABLE IF EXISTS {name}")
-    tx.execute(f"CREATE TEMP TABLE {name} AS {select}")
+    tx.execute(f"CREATE TEMP TABLE {name} AS {select}", params or [])
 
 
 def _drop_temps(tx: Tx) -> None:
     for name in (
         "_kp_affected",
+        "_kp_merged",
+        "_kp_rescan",
         "_kp_candidates",
         "_kp_fresh",
         "_kp_kept",
@@ -298,11 +301,7 @@ def _refresh_affected(tx: Tx, plan: Plan, as_of: datetime, previous: datetime, m
         f"({' UNION ALL '.join(parts)}) AS a",
         params,
     )
-    temp_table(
-        tx,
-        "_kp_fresh",
-        render(tx, plan, "affected", lambda t: affected_traits(tx, plan, t), as_of),
-    )
+    _fresh_traits(tx, plan, as_of, previous, max_seq)
     affected = "customer_id IN (SELECT customer_id FROM _kp_affected)"
     temp_table(
         tx,
@@ -321,6 +320,44 @@ def _refresh_affected(tx: Tx, plan: Plan, as_of: datetime, previous: datetime, m
         "LEFT JOIN _kp_kept o ON o.customer_id = f.customer_id"
     )
     return tx.execute("SELECT count(*) FROM _kp_fresh")[0][0]
+
+
+def _fresh_traits(tx: Tx, plan: Plan, as_of: datetime, previous: datetime, max_seq: int) -> None:
+    """`_kp_fresh`: the new traits of the customers in `_kp_affected`. Those whose stored
+    traits counted every event dated up to the previous run (no queued event dated before
+    it, no merge) are brought forward from the events dated since (`_kp_merged`); the
+    rest have their history rescanned (`_kp_rescan`)."""
+    merge = "true" if plan.mergeable else "false"
+    temp_table(
+        tx,
+        "_kp_merged",
+        f"SELECT a.customer_id FROM _kp_affected a JOIN {STATE} s ON s.customer_id = a.customer_id "
+        "JOIN customers c ON c.customer_id = a.customer_id AND c.merged_into IS NULL "
+        f"WHERE {merge} AND NOT EXISTS (SELECT 1 FROM dirty_customers d "
+        "WHERE d.customer_id = a.customer_id AND d.seq <= ? "
+        "AND (d.earliest IS NULL OR d.earliest <= ?))",
+        [max_seq, previous],
+    )
+    temp_table(
+        tx,
+        "_kp_rescan",
+        "SELECT customer_id FROM _kp_affected EXCEPT SELECT customer_id FROM _kp_merged",
+    )
+    rescan, merged = tx.execute(
+        "SELECT (SELECT count(*) FROM _kp_rescan), (SELECT count(*) FROM _kp_merged)"
+    )[0]
+    parts = []
+    if rescan or not merged:
+        parts.append(
+            render(tx, plan, "rescan", lambda t: affected_traits(tx, plan, t, "_kp_rescan"), as_of)
+        )
+    if merged:
+
+        def forward(at: Any, since: Any) -> Any:
+            return plan.merged_traits(at, since, jsonb=_jsonb(tx))
+
+        parts.append(render(tx, plan, "merged", forward, as_of, previous))
+    temp_table(tx, "_kp_fresh", " UNION ALL ".join(f"({sql})" for sql in parts))
 
 
 def _diff(

@@ -6,7 +6,7 @@ over unbound tables (so the same plan compiles to DuckDB, PostgreSQL or Spark SQ
 As-of time is an Ibis value (a literal), so a compiled query can be kept and reused with
 another time (see `engine.compute.render`): compiling is slower than running, here.
 
-- `traits(as_of, only_affected=...)`: per-customer aggregates over the event log, orders and refunds
+- `traits(as_of, only=...)`: per-customer aggregates over the event log, orders and refunds
   as of a moment — the built-in traits, the user's traits, and the hidden aggregates the
   rules call for (`count("Product Viewed", days=30)` becomes one more column). Events are
   read once for the cheap aggregates; JSON properties are only parsed on the few events
@@ -83,7 +83,28 @@ REFUNDS = ibis.table(
 CUSTOMERS = ibis.table(
     {"customer_id": "int64", "merged_into": "int64", "created_at": TS}, name="customers"
 )
-AFFECTED = ibis.table({"customer_id": "int64"}, name="_kp_affected")
+
+
+def listed(name: str) -> ir.Table:
+    """A temporary table of customer ids (`_kp_affected`, `_kp_merged` …)."""
+    return ibis.table({"customer_id": "int64"}, name=name)
+
+
+# aggregates over all time that can be brought forward from their stored value and the
+# events dated after it (every earlier event was counted, every new one is later): how
+MERGES = {
+    "count": "add",
+    "sum": "add",
+    "exists": "or",
+    "known": "or",
+    "min_ts": "earlier",
+    "first": "earlier",
+    "max_ts": "later",
+    "last": "later",
+    "last_number": "later",
+    "min": "least",
+    "max": "greatest",
+}
 
 NUMBER_FUNCTIONS = ("sum", "avg", "min", "max")
 EVENT_ARG = ("event", "string")
@@ -441,41 +462,102 @@ class Plan:
     # --- traits -------------------------------------------------------------------------------
 
     def traits(
-        self, as_of: ir.TimestampValue, *, only_affected: bool = False, jsonb: bool = False
+        self, as_of: ir.TimestampValue, *, only: str | None = None, jsonb: bool = False
     ) -> ir.Table:
+        """Every customer's traits from the whole history (or those of the customers listed
+        in the temporary table `only`)."""
         customers = CUSTOMERS.filter(CUSTOMERS.merged_into.isnull())
         log = events_table(jsonb=jsonb)
         events = log.filter(log.timestamp <= as_of)
         orders = ORDERS.filter(ORDERS.ordered_at <= as_of)
         refunds = REFUNDS.filter(REFUNDS.refunded_at <= as_of)
-        if only_affected:
-            customers = customers.filter(customers.customer_id.isin(AFFECTED.customer_id))
-            events = events.filter(events.customer_id.isin(AFFECTED.customer_id))
-            orders = orders.filter(orders.customer_id.isin(AFFECTED.customer_id))
-            refunds = refunds.filter(refunds.customer_id.isin(AFFECTED.customer_id))
+        if only is not None:
+            ids = listed(only).customer_id
+            customers = customers.filter(customers.customer_id.isin(ids))
+            events = events.filter(events.customer_id.isin(ids))
+            orders = orders.filter(orders.customer_id.isin(ids))
+            refunds = refunds.filter(refunds.customer_id.isin(ids))
         parts = [
             self._event_aggregates(events, as_of, json=False),
             self._event_aggregates(events, as_of, json=True),
-            _order_aggregates(orders, first_value=self.keeps_first_order_value),
-            refunds.group_by("customer_id").aggregate(
-                refunds=refunds.count(), refunded_amount=refunds.amount.sum()
-            ),
+            *self._sales_aggregates(orders, refunds),
         ]
         if self.profile_traits:
             parts.append(self._profile_aggregates(events))
-        joined = customers.select("customer_id", "created_at")
-        for part in parts:
-            if part is not None:
-                joined = joined.left_join(part, "customer_id").drop("customer_id_right")
+        joined = _joined(customers.select("customer_id", "created_at"), parts)
         joined = joined.filter(joined.first_seen_at.notnull() | (joined.created_at <= as_of)).drop(
             "created_at"
         )
         return self._finish_traits(joined)
 
+    @property
+    def mergeable(self) -> bool:
+        """Whether stored traits can be brought forward (`merged_traits`): every aggregate
+        over all time merges (an average or a distinct count does not)."""
+        return all(a.days or a.func in MERGES for a in self.aggregates)
+
+    def merged_traits(
+        self, as_of: ir.TimestampValue, previous: ir.TimestampValue, *, jsonb: bool = False
+    ) -> ir.Table:
+        """The traits of the customers listed in `_kp_merged` as of `as_of`, from their
+        traits stored by the run at `previous` and only the events dated after it: counts
+        add up, the latest value wins, windows are recounted over their last days, orders
+        and refunds are recounted (a few rows each). Exact for a customer whose stored
+        traits counted every event dated up to `previous` and no other — the caller lists
+        only stored, unmerged customers without late events, merges or anything else that
+        rewrote their past."""
+        ids = listed("_kp_merged").customer_id
+        log = events_table(jsonb=jsonb)
+        mine = log.filter(log.customer_id.isin(ids), log.timestamp <= as_of)
+        new = mine.filter(mine.timestamp > previous)
+        lasting = [a for a in self.aggregates if not a.days]
+        parts = [
+            _renamed(self._event_aggregates(new, as_of, json=json, wanted=lasting))
+            for json in (False, True)
+        ]
+        windowed = [a for a in self.aggregates if a.days]
+        if windowed:
+            longest = max(a.days or 0 for a in windowed)
+            recent = mine.filter(mine.timestamp > as_of - ibis.interval(days=longest))
+            parts += [
+                self._event_aggregates(recent, as_of, json=json, wanted=windowed)
+                for json in (False, True)
+            ]
+        if self.profile_traits:
+            parts.append(_renamed(self._profile_aggregates(new)))
+        orders = ORDERS.filter(ORDERS.customer_id.isin(ids), ORDERS.ordered_at <= as_of)
+        refunds = REFUNDS.filter(REFUNDS.customer_id.isin(ids), REFUNDS.refunded_at <= as_of)
+        parts += self._sales_aggregates(orders, refunds)
+        stored = ibis.table(self.state_schema(), name="customer_state")
+        kept = [a.column for a in lasting] + list(self.profile_traits.values())
+        t = _joined(stored.filter(stored.customer_id.isin(ids)).select("customer_id", *kept), parts)
+        merged = {a.column: _merge(a.func, t[a.column], t[_NEW + a.column]) for a in lasting}
+        for column in self.profile_traits.values():
+            merged[column] = t[_NEW + column].coalesce(t[column])
+        t = t.mutate(**merged)
+        return self._finish_traits(t.drop(*[c for c in t.columns if c.startswith(_NEW)]))
+
+    def _sales_aggregates(self, orders: ir.Table, refunds: ir.Table) -> list[ir.Table]:
+        return [
+            _order_aggregates(orders, first_value=self.keeps_first_order_value),
+            refunds.group_by("customer_id").aggregate(
+                refunds=refunds.count(), refunded_amount=refunds.amount.sum()
+            ),
+        ]
+
     def _event_aggregates(
-        self, events: ir.Table, as_of: ir.TimestampValue, *, json: bool
+        self,
+        events: ir.Table,
+        as_of: ir.TimestampValue,
+        *,
+        json: bool,
+        wanted: list[Aggregate] | None = None,
     ) -> ir.Table | None:
-        wanted = [a for a in self.aggregates if a.needs_json == json]
+        """One scan for the aggregates that read no JSON, one (over the events they name)
+        for those that do."""
+        wanted = [
+            a for a in (self.aggregates if wanted is None else wanted) if a.needs_json == json
+        ]
         if not wanted:
             return None
         if json:
@@ -686,6 +768,38 @@ def _critical_days(op: str, number: float) -> set[int]:
     if op in (">=", "<"):
         return {math.ceil(number)}
     return {int(number), int(number) + 1} if float(number).is_integer() else set()
+
+
+_NEW = "_new_"  # prefix of an aggregate over the events after the stored traits
+
+
+def _renamed(part: ir.Table | None) -> ir.Table | None:
+    if part is None:
+        return None
+    return part.rename({_NEW + c: c for c in part.columns if c != "customer_id"})
+
+
+def _joined(base: ir.Table, parts: list[ir.Table | None]) -> ir.Table:
+    for part in parts:
+        if part is not None:
+            base = base.left_join(part, "customer_id").drop("customer_id_right")
+    return base
+
+
+def _merge(func: str, stored: ir.Value, new: ir.Value) -> ir.Value:
+    """A stored aggregate brought forward with the same aggregate over later events (NULL
+    when there were none)."""
+    how = MERGES[func]
+    if how == "add":
+        return stored.fill_null(0) + new.fill_null(0)
+    if how == "or":
+        return stored.fill_null(False) | new.fill_null(False)
+    if how == "earlier":
+        return stored.coalesce(new)
+    if how == "later":
+        return new.coalesce(stored)
+    pick = ibis.least if how == "least" else ibis.greatest
+    return ibis.cases((new.isnull(), stored), (stored.isnull(), new), else_=pick(stored, new))
 
 
 def _call_key(call: Call) -> tuple:

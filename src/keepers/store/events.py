@@ -118,7 +118,9 @@ def write_events(
     table = table.add_column(2, "customer_id", pa.array(customers, pa.int64()))
     tx.stage("stage_events", table)
     new_keys = _insert_events(tx)
-    mark_dirty(tx, "SELECT DISTINCT customer_id FROM stage_events")
+    mark_dirty(
+        tx, "SELECT customer_id, min(timestamp) AS earliest FROM stage_events GROUP BY customer_id"
+    )
     offsets = _offsets(batches)
     traits = _identify_traits(batches, offsets, customers, new_keys)
     _update_customers(tx, traits, became_known, now)
@@ -129,10 +131,13 @@ def write_events(
 
 def mark_dirty(tx: Tx, customers_sql: str) -> None:
     """Queue customers for the engine's next incremental compute (same transaction as the
-    write that changed them; writers are serialised, so the numbers rise in commit order)."""
+    write that changed them; writers are serialised, so the numbers rise in commit order),
+    with the earliest timestamp of their new events (`customers_sql` gives `customer_id,
+    earliest`): the engine rescans a customer's history only when it reaches back before
+    the previous run."""
     tx.execute(
-        "INSERT INTO dirty_customers SELECT customer_id, nextval('dirty_seq') "
-        f"FROM ({customers_sql}) AS d"
+        "INSERT INTO dirty_customers (customer_id, seq, earliest) "
+        f"SELECT customer_id, nextval('dirty_seq'), earliest FROM ({customers_sql}) AS d"
     )
 
 

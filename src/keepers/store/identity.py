@@ -261,7 +261,9 @@ def _merge_customers(tx: Tx, merges: dict[int, int], now: datetime) -> None:
         pa.table({"src": pa.array(absorbed, pa.int64()), "dst": pa.array(surviving, pa.int64())}),
     )
     tx.execute(
-        "INSERT INTO dirty_customers SELECT customer_id, nextval('dirty_seq') FROM "
+        # no earliest timestamp: a merged customer's history is rescanned
+        "INSERT INTO dirty_customers (customer_id, seq) SELECT customer_id, nextval('dirty_seq') "
+        "FROM "
         "(SELECT src AS customer_id FROM stage_merges UNION SELECT dst FROM stage_merges) AS d"
     )
     for table in ("events", "orders", "refunds", "identities"):
