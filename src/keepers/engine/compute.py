@@ -31,11 +31,7 @@ import ibis
 import pyarrow as pa
 
 from keepers.engine.fitted import attach_models
-from keepers.engine.plan import (
-    SEGMENT_ALL,
-    TS,
-    Plan,
-)
+from keepers.engine.plan import SEGMENT_ALL, TS, Plan, listed
 from keepers.engine.sql import compiled_sql
 from keepers.store.database import Tx
 
@@ -48,7 +44,6 @@ STAGE_COLUMNS = {
     "previous_stage": "string",
     "segments": "string",
 }
-CANDIDATES = ibis.table({"customer_id": "int64"}, name="_kp_candidates")
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -133,14 +128,16 @@ def run_compute(
         or as_of < last["as_of"]
     )
     max_seq = tx.execute("SELECT COALESCE(MAX(seq), 0) FROM dirty_customers")[0][0]
-    if full:
-        recomputed = _refresh_all(tx, plan, as_of, exists, evaluated)
-    else:
-        recomputed = _refresh_affected(tx, plan, as_of, last["as_of"], max_seq)
     same_rules = last is not None and last["definitions_version"] == definitions_version
     # fields fitted over everyone (p_alive, rfm_*, clv_12m …) can change for anyone with
     # the day's models or the clock, so their rules are evaluated for everyone
     since = last["as_of"] if not full and same_rules and not plan.model_fields else None
+    if since is not None:
+        _ticked(tx, plan, as_of, since)
+    if full:
+        recomputed = _refresh_all(tx, plan, as_of, exists, evaluated)
+    else:
+        recomputed = _refresh_affected(tx, plan, as_of, last["as_of"], max_seq)
     _diff(tx, plan, as_of, outside=evaluated is not None, since=since)
     run_id = (last["run_id"] if last else 0) + 1
     moves, segment_changes = _apply(tx, plan, as_of, run_id, emit_changes)
@@ -227,7 +224,7 @@ def _drop_temps(tx: Tx) -> None:
         "_kp_affected",
         "_kp_merged",
         "_kp_rescan",
-        "_kp_candidates",
+        "_kp_ticked",
         "_kp_fresh",
         "_kp_kept",
         "_kp_removed",
@@ -301,13 +298,13 @@ def _refresh_affected(tx: Tx, plan: Plan, as_of: datetime, previous: datetime, m
         f"({' UNION ALL '.join(parts)}) AS a",
         params,
     )
-    _fresh_traits(tx, plan, as_of, previous, max_seq)
     affected = "customer_id IN (SELECT customer_id FROM _kp_affected)"
     temp_table(
         tx,
         "_kp_kept",
         f"SELECT customer_id, {', '.join(STAGE_COLUMNS)} FROM {STATE} WHERE {affected}",
     )
+    _fresh_traits(tx, plan, as_of, previous, max_seq)
     temp_table(
         tx,
         "_kp_removed",
@@ -327,14 +324,14 @@ def _fresh_traits(tx: Tx, plan: Plan, as_of: datetime, previous: datetime, max_s
     traits counted every event dated up to the previous run (no queued event dated before
     it, no merge) are brought forward from the events dated since (`_kp_merged`); the
     rest have their history rescanned (`_kp_rescan`)."""
+    # `_kp_kept`: the stored rows of the affected; a customer merged into another is
+    # queued without an earliest timestamp, so is rescanned (and then gone)
     merge = "true" if plan.mergeable else "false"
     temp_table(
         tx,
         "_kp_merged",
-        f"SELECT a.customer_id FROM _kp_affected a JOIN {STATE} s ON s.customer_id = a.customer_id "
-        "JOIN customers c ON c.customer_id = a.customer_id AND c.merged_into IS NULL "
-        f"WHERE {merge} AND NOT EXISTS (SELECT 1 FROM dirty_customers d "
-        "WHERE d.customer_id = a.customer_id AND d.seq <= ? "
+        f"SELECT customer_id FROM _kp_kept k WHERE {merge} AND NOT EXISTS (SELECT 1 "
+        "FROM dirty_customers d WHERE d.customer_id = k.customer_id AND d.seq <= ? "
         "AND (d.earliest IS NULL OR d.earliest <= ?))",
         [max_seq, previous],
     )
@@ -360,14 +357,27 @@ def _fresh_traits(tx: Tx, plan: Plan, as_of: datetime, previous: datetime, max_s
     temp_table(tx, "_kp_fresh", " UNION ALL ".join(f"({sql})" for sql in parts))
 
 
+def _ticked(tx: Tx, plan: Plan, as_of: datetime, since: datetime) -> None:
+    """`_kp_ticked`: customers whose day counts crossed a number a rule compares them with
+    since the previous run (narrow range tests over the stored epoch columns, read before
+    this run rewrites any row)."""
+
+    def ticked(at: Any, previous: Any) -> Any:
+        state = state_table(plan)
+        return state.filter(plan.days_ticked(state, at, previous)).select("customer_id")
+
+    temp_table(tx, "_kp_ticked", render(tx, plan, "ticked", ticked, as_of, since))
+
+
 def _diff(
     tx: Tx, plan: Plan, as_of: datetime, *, outside: bool = False, since: datetime | None = None
 ) -> None:
     """Customers whose stage or segment list changes in this run (or who are gone).
     `outside`: the new stage and segments were evaluated elsewhere and staged.
     `since`: the previous run's as-of, when the rules have not changed since — then only
-    the recomputed customers and those for whom a "days since" value has ticked over can
-    change, and only they are evaluated (exact, and a small fraction of everyone)."""
+    the recomputed customers and those whose day counts crossed a number a rule compares
+    them with can change, and only they are evaluated (exact, and a small fraction of
+    everyone)."""
     removed = (
         f"SELECT customer_id, stage, CAST(NULL AS TEXT), segments, '{SEGMENT_ALL}' FROM _kp_removed"
     )
@@ -382,32 +392,20 @@ def _diff(
         )
         return
 
-    if since is not None:
-        # who can change: the recomputed, and those whose day count ticked over (a narrow
-        # scan of the epoch columns), so the rules run on a few rows, not on everyone
-        def ticked(at: Any, previous: Any) -> Any:
-            state = state_table(plan)
-            return state.filter(plan.days_ticked(state, at, previous)).select("customer_id")
-
-        temp_table(
-            tx,
-            "_kp_candidates",
-            f"{render(tx, plan, 'ticked', ticked, as_of, since)} "
-            "UNION SELECT customer_id FROM _kp_affected",
-        )
-
     def changed(at: Any) -> Any:
         state = state_table(plan)
         if since is not None:
-            state = state.filter(state.customer_id.isin(CANDIDATES.customer_id))
+            # who can change: the recomputed and the ticked, so the rules run on a few rows
+            candidates = listed("_kp_ticked").union(listed("_kp_affected"), distinct=True)
+            state = state.filter(state.customer_id.isin(candidates.customer_id))
         evaluated = plan.evaluate(state, at)
         return evaluated.filter(
             ~evaluated.stage.identical_to(evaluated.new_stage)
             | ~evaluated.segments.identical_to(evaluated.new_segments)
         ).select("customer_id", "stage", "new_stage", "segments", "new_segments")
 
-    name = "diff" if since is None else "diff_candidates"
-    temp_table(tx, "_kp_diff", f"{render(tx, plan, name, changed, as_of)} UNION ALL {removed}")
+    select = render(tx, plan, "diff" if since is None else "diff_candidates", changed, as_of)
+    temp_table(tx, "_kp_diff", f"{select} UNION ALL {removed}")
 
 
 def _apply(tx: Tx, plan: Plan, as_of: datetime, run_id: int, emit_changes: bool) -> tuple[int, int]:
