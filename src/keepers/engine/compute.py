@@ -6,9 +6,14 @@ that may have changed since the last run —
 - customers the ingest writer queued in `dirty_customers` (new events, identity merges),
 - customers with events, orders or refunds timestamped between the two runs' as-of times
   (late and future-dated events, and every step of a backfill),
-- customers with an event that has just left a rule's window (`count(…, days=30)`),
-and then evaluates stage and segment rules over everyone's stored traits, which is cheap and
-catches customers crossing a `days_since_…` threshold without any new event. A full run
+- customers with an event that has just left a rule's window (`count(…, days=30)`).
+Most of them had every earlier event counted by the last run: their stored traits are
+brought forward from the events dated since (`Plan.merged_traits`: counts add up, the
+latest value wins, windows are recounted over their last days). Only customers with an
+event dated before the last run that arrived after it, or an identity merge, have their
+whole history rescanned. Stage and segment rules are then evaluated for those customers
+and for the customers whose `days_since_…` counts crossed a number a rule compares them
+with (`Plan.tick_points`), which moves customers without any new event. A full run
 recomputes every aggregate; it happens on demand, on the first run, when the definitions
 change what is aggregated, or when as-of moves backwards.
 

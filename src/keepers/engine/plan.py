@@ -519,6 +519,9 @@ class Plan:
         if windowed:
             longest = max(a.days or 0 for a in windowed)
             recent = mine.filter(mine.timestamp > as_of - ibis.interval(days=longest))
+            names = {a.event for a in windowed}
+            if None not in names:  # every window counts named events: read only those
+                recent = recent.filter(recent.event.isin(sorted(names)))
             parts += [
                 self._event_aggregates(recent, as_of, json=json, wanted=windowed)
                 for json in (False, True)
