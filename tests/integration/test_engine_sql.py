@@ -1,12 +1,14 @@
 """The engine compiles each query once and swaps the as-of time into the kept SQL; these
 tests hold that trick to account: the kept SQL must answer exactly like SQL compiled
-afresh for that time, on a real DuckDB store."""
+afresh for that time, on real DuckDB and PostgreSQL stores."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import ibis
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +18,7 @@ from keepers.engine.plan import Plan
 from keepers.engine.sql import SENTINELS, timestamp_sql
 from keepers.services.keepers import Keepers
 from keepers.settings import Settings
+from keepers.testing.postgres import create_database
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -73,6 +76,35 @@ def test_kept_sql_answers_like_freshly_compiled_sql(tmp_path_factory, offset):
         assert kept == fresh
     finally:
         keepers.close()
+
+
+@pytest.fixture(scope="module")
+def postgres_store(postgres_server: str) -> Iterator[Keepers]:
+    """One PostgreSQL store with the messages, read (never written) by every example."""
+    keepers = Keepers.open(Settings(database_url=create_database(postgres_server, "t_sql")))
+    keepers.ingest_messages(messages(), "test")
+    yield keepers
+    keepers.close()
+
+
+@settings(max_examples=12, deadline=None)
+@given(offset=st.integers(min_value=0, max_value=80 * 86400 * 1_000_000))
+def test_kept_sql_answers_like_freshly_compiled_sql_on_postgres(postgres_store, offset):
+    """On PostgreSQL a moment's epoch goes into the kept SQL as an exact number (EXTRACT
+    would run on every row); day counts, windows and rules must come out the same."""
+    plan = Plan.build(default_definitions())
+    as_of = START + timedelta(microseconds=offset)
+
+    def build(at):
+        evaluated = plan.evaluate(plan.traits(at, jsonb=True), at)
+        return evaluated.order_by("customer_id")
+
+    with postgres_store.db.transaction() as tx:
+        sql = render(tx, plan, "test-evaluate-pg", build, as_of)
+        assert "EXTRACT('epoch' FROM CAST(" not in sql
+        kept = tx.execute(sql)
+        fresh = tx.execute(ibis.to_sql(build(ibis.literal(as_of)), dialect="postgres"))
+    assert kept == fresh
 
 
 def test_an_as_of_time_with_any_utc_offset_means_the_same_moment(tmp_path):

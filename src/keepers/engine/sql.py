@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import ibis
@@ -43,9 +44,25 @@ def compiled_sql(
             return ibis.to_sql(build(*map(ibis.literal, moments)), dialect=dialect)
         _TEMPLATES[(key, dialect)] = template
     for index, moment in enumerate(moments):
+        # PostgreSQL's EXTRACT(epoch FROM timestamptz) is only stable, so it would be
+        # evaluated again on every row: a moment's epoch goes in as a number
+        epoch = EPOCH_SQL.get(dialect)
+        if epoch:
+            template = template.replace(epoch.format(_token(index)), _epoch_literal(moment))
         literal = f"CAST('{moment.astimezone(UTC).isoformat()}' AS TIMESTAMPTZ)"
         template = template.replace(_token(index), literal)
     return template
+
+
+EPOCH_SQL = {"postgres": "EXTRACT('epoch' FROM {})"}  # how Ibis writes epoch_seconds()
+_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_literal(moment: datetime) -> str:
+    """The exact epoch seconds of a moment as a SQL number (microseconds included)."""
+    since = moment - _UNIX
+    seconds = Decimal(since.days * 86_400 + since.seconds) + Decimal(since.microseconds) / 10**6
+    return f"({seconds:f})"
 
 
 def _token(index: int) -> str:
