@@ -222,6 +222,10 @@ def affected_traits(tx: Tx, plan: Plan, as_of: Any, listed: str = "_kp_affected"
 def temp_table(tx: Tx, name: str, select: str, params: list[Any] | None = None) -> None:
     tx.execute(f"DROP TABLE IF EXISTS {name}")
     tx.execute(f"CREATE TEMP TABLE {name} AS {select}", params or [])
+    if tx.dialect.name == "postgres":
+        # autovacuum never analyzes temporary tables: without statistics the planner joins
+        # a few thousand rows against the big tables by scanning them
+        tx.execute(f"ANALYZE {name}")
 
 
 def _drop_temps(tx: Tx) -> None:
