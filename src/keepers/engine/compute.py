@@ -213,10 +213,10 @@ def _jsonb(tx: Tx) -> bool:
     return tx.dialect.name == "postgres"
 
 
-def affected_traits(tx: Tx, plan: Plan, as_of: Any, listed: str = "_kp_affected") -> Any:
+def affected_traits(tx: Tx, plan: Plan, as_of: Any, only: str = "_kp_affected") -> Any:
     """The traits of the customers listed in `_kp_affected` (or another list), from their
     whole history."""
-    return plan.traits(as_of, only=listed, jsonb=_jsonb(tx))
+    return plan.traits(as_of, only=only, jsonb=_jsonb(tx))
 
 
 def temp_table(tx: Tx, name: str, select: str, params: list[Any] | None = None) -> None:
@@ -405,7 +405,7 @@ def _diff(
         state = state_table(plan)
         if since is not None:
             # who can change: the recomputed and the ticked, so the rules run on a few rows
-            candidates = listed("_kp_ticked").union(listed("_kp_affected"), distinct=True)
+            candidates = listed("_kp_ticked").union(listed("_kp_affected"))
             state = state.filter(state.customer_id.isin(candidates.customer_id))
         evaluated = plan.evaluate(state, at)
         return evaluated.filter(

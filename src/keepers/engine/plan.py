@@ -55,10 +55,9 @@ from keepers.engine.compile import (
 )
 from keepers.engine.fitted import FIELDS, FIRST_ORDER_VALUE, DayModels, fitted_values
 from keepers.engine.rfm import SEGMENT_KEYS
-from keepers.engine.tables import ORDERS
+from keepers.engine.tables import ORDERS, TS
 from keepers.errors import RuleError
 
-TS = "timestamp('UTC')"
 EVENT_COLUMNS = {
     "customer_id": "int64",
     "type": "string",

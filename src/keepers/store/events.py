@@ -23,7 +23,7 @@ import pyarrow as pa
 from keepers.domain.commerce import LineItem, Order, Refund, order_from_event, refund_from_event
 from keepers.domain.events import Event, to_json
 from keepers.store.database import Tx
-from keepers.store.identity import apply_resolution, resolve_identities
+from keepers.store.identity import apply_resolution, mark_dirty, resolve_identities
 
 TS = pa.timestamp("us", tz="UTC")
 IDENTITY_LOCK = 720_401  # PostgreSQL advisory lock serialising identity resolution
@@ -127,18 +127,6 @@ def write_events(
     _write_accounts(tx, batches, offsets, customers, new_keys, now)
     _write_orders(tx, batches, offsets, customers, new_keys)
     return new_keys
-
-
-def mark_dirty(tx: Tx, customers_sql: str) -> None:
-    """Queue customers for the engine's next incremental compute (same transaction as the
-    write that changed them; writers are serialised, so the numbers rise in commit order),
-    with the earliest timestamp of their new events (`customers_sql` gives `customer_id,
-    earliest`): the engine rescans a customer's history only when it reaches back before
-    the previous run."""
-    tx.execute(
-        "INSERT INTO dirty_customers (customer_id, seq, earliest) "
-        f"SELECT customer_id, nextval('dirty_seq'), earliest FROM ({customers_sql}) AS d"
-    )
 
 
 def _offsets(batches: list[EventBatch]) -> list[int]:

@@ -253,6 +253,18 @@ def _write_identities(tx: Tx, keys: dict[Key, int], existing: set[Key], now: dat
         )
 
 
+def mark_dirty(tx: Tx, customers_sql: str) -> None:
+    """Queue customers for the engine's next incremental compute (same transaction as the
+    write that changed them; writers are serialised, so the numbers rise in commit order),
+    with the earliest timestamp of their new events (`customers_sql` gives `customer_id,
+    earliest`; NULL for a change that is not new events): the engine rescans a customer's
+    history only when it reaches back before the previous run."""
+    tx.execute(
+        "INSERT INTO dirty_customers (customer_id, seq, earliest) "
+        f"SELECT customer_id, nextval('dirty_seq'), earliest FROM ({customers_sql}) AS d"
+    )
+
+
 def _merge_customers(tx: Tx, merges: dict[int, int], now: datetime) -> None:
     """Move everything of each absorbed customer to the surviving one, set-based."""
     absorbed, surviving = zip(*merges.items(), strict=True)
@@ -260,11 +272,11 @@ def _merge_customers(tx: Tx, merges: dict[int, int], now: datetime) -> None:
         "stage_merges",
         pa.table({"src": pa.array(absorbed, pa.int64()), "dst": pa.array(surviving, pa.int64())}),
     )
-    tx.execute(
-        # no earliest timestamp: a merged customer's history is rescanned
-        "INSERT INTO dirty_customers (customer_id, seq) SELECT customer_id, nextval('dirty_seq') "
-        "FROM "
-        "(SELECT src AS customer_id FROM stage_merges UNION SELECT dst FROM stage_merges) AS d"
+    # no earliest timestamp: a merged customer's history is rescanned
+    mark_dirty(
+        tx,
+        "SELECT src AS customer_id, CAST(NULL AS TIMESTAMPTZ) AS earliest FROM stage_merges "
+        "UNION SELECT dst, CAST(NULL AS TIMESTAMPTZ) FROM stage_merges",
     )
     for table in ("events", "orders", "refunds", "identities"):
         tx.execute(
