@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, event, given, note, settings
@@ -37,6 +38,7 @@ from keepers.domain.definitions import (
     TraitDefinition,
     default_definitions,
 )
+from keepers.engine import compute
 from keepers.services import lifecycle
 from keepers.services.keepers import Keepers
 from keepers.services.lifecycle import store_definitions
@@ -443,8 +445,12 @@ def define(keepers: Keepers, definitions: Definitions) -> None:
 
 
 @st.composite
-def as_of_runs(draw: st.DrawFn) -> tuple[list[Drawn], list[datetime], datetime, datetime]:
-    """A stream, earlier runs at any as-of times (any order), the as-of T and the clock."""
+def as_of_runs(
+    draw: st.DrawFn,
+) -> tuple[list[Drawn], list[datetime], datetime, datetime, float]:
+    """A stream, earlier runs at any as-of times (any order), the as-of T, the clock, and
+    the share of changed rows above which a full run rebuilds the state table (0: always
+    rebuilt; 1: changed rows rewritten in place)."""
     stream = draw(streams())
     earlier = [
         at_day(draw(st.integers(-30, 450)), draw(SECONDS)) for _ in range(draw(st.integers(0, 3)))
@@ -455,15 +461,15 @@ def as_of_runs(draw: st.DrawFn) -> tuple[list[Drawn], list[datetime], datetime, 
     else:
         target = at_day(draw(st.integers(-30, 450)), draw(SECONDS))
     now = at_day(draw(st.integers(-30, 900)), draw(SECONDS))
-    return stream, earlier, target, now
+    return stream, earlier, target, now, draw(st.sampled_from([0.0, 1.0]))
 
 
 @PROPERTY_SETTINGS
 @given(as_of_runs())
 def test_state_as_of_equals_a_store_loaded_up_to_then(
-    case: tuple[list[Drawn], list[datetime], datetime, datetime],
+    case: tuple[list[Drawn], list[datetime], datetime, datetime, float],
 ) -> None:
-    stream, earlier, target, now = case
+    stream, earlier, target, now, rewrite_share = case
     messages = to_messages(stream)
     up_to_target = [m for m, d in zip(messages, stream, strict=True) if d.at <= target]
     note(f"clock {now}; earlier runs at {earlier}; as-of {target}")
@@ -480,8 +486,11 @@ def test_state_as_of_equals_a_store_loaded_up_to_then(
                 a.compute(as_of=as_of)
             # Evaluated without writing, beside whatever the earlier runs stored ...
             evaluated = evaluated_as_of(a, target)
-            # ... and stored by a full run at T (as-of moving backwards forces one anyway).
-            assert a.compute(as_of=target, full=True).mode == "full"
+            # ... and stored by a full run at T (as-of moving backwards forces one anyway),
+            # which rewrites the changed rows in place or rebuilds the table
+            with mock.patch.object(compute, "REWRITE_SHARE", rewrite_share):
+                assert a.compute(as_of=target, full=True).mode == "full"
+            event(f"full run over a stored state, rewrite share {rewrite_share}")
             stored, memberships = check_consistent(a)
     for row in expected[0].values():
         event(f"stage reached: {row['stage']}")

@@ -237,6 +237,7 @@ def _drop_temps(tx: Tx) -> None:
         "_kp_fresh",
         "_kp_kept",
         "_kp_removed",
+        "_kp_changed",
         "_kp_diff",
         "_kp_seg",
     ):
@@ -250,8 +251,11 @@ def _kept_columns() -> str:
 def _refresh_all(
     tx: Tx, plan: Plan, as_of: datetime, exists: bool, evaluated: pa.Table | None
 ) -> int:
-    """Every customer's traits, into a rebuilt state table that keeps stages and segments
-    (one statement: the traits query feeds the new table directly)."""
+    """Every customer's traits. When the stored table has the same columns, the new traits
+    go to a temporary table and only the rows that differ are rewritten (a full run after
+    a stage-rule change, or a nightly one, changes few customers' traits); otherwise, or
+    when more than `REWRITE_SHARE` of the rows changed, the state table is rebuilt, keeping
+    stages and segments (one statement: the traits feed the new table directly)."""
     if evaluated is not None:
         tx.stage("_kp_staged", evaluated)
         source = f"(SELECT {', '.join(plan.state_schema())} FROM _kp_staged)"
@@ -267,23 +271,89 @@ def _refresh_all(
         temp_table(
             tx, "_kp_removed", f"SELECT customer_id, stage, segments FROM {STATE} WHERE false"
         )
+        _index_state(tx)
+    elif _stored_columns(tx) == [*plan.state_schema(), *STAGE_COLUMNS]:
+        temp_table(tx, "_kp_fresh", f"SELECT * FROM {source} AS f")
+        if not _rewrite_changed(tx, plan):
+            _rebuild_state(tx, "(SELECT * FROM _kp_fresh)")
     else:
-        tx.execute(f"DROP TABLE IF EXISTS {STATE}_next")
-        tx.execute(
-            f"CREATE TABLE {STATE}_next AS SELECT f.*, {_kept_columns()} "
-            f"FROM {source} AS f LEFT JOIN {STATE} o ON o.customer_id = f.customer_id"
-        )
-        temp_table(
-            tx,
-            "_kp_removed",
-            f"SELECT customer_id, stage, segments FROM {STATE} o WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {STATE}_next f WHERE f.customer_id = o.customer_id)",
-        )
-        tx.execute(f"DROP TABLE {STATE}")
-        tx.execute(f"ALTER TABLE {STATE}_next RENAME TO {STATE}")
+        _rebuild_state(tx, source)
+    return tx.execute(f"SELECT count(*) FROM {STATE}")[0][0]
+
+
+REWRITE_SHARE = 0.25  # above this share of changed rows, rebuilding the table is cheaper
+
+
+def _stored_columns(tx: Tx) -> list[str]:
+    return tx.fetch_arrow(f"SELECT * FROM {STATE} LIMIT 0").schema.names
+
+
+def _rewrite_changed(tx: Tx, plan: Plan) -> bool:
+    """Rewrite the rows of `customer_state` whose traits differ from `_kp_fresh`, drop the
+    customers no longer there; False (nothing written) when too many rows differ."""
+    differs = " OR ".join(
+        f"f.{name} IS DISTINCT FROM o.{name}"
+        for name in plan.state_schema()
+        if name != "customer_id"
+    )
+    temp_table(
+        tx,
+        "_kp_changed",
+        f"SELECT f.customer_id FROM _kp_fresh f LEFT JOIN {STATE} o "
+        f"ON o.customer_id = f.customer_id WHERE o.customer_id IS NULL OR {differs}",
+    )
+    temp_table(
+        tx,
+        "_kp_removed",
+        f"SELECT customer_id, stage, segments FROM {STATE} o WHERE NOT EXISTS "
+        "(SELECT 1 FROM _kp_fresh f WHERE f.customer_id = o.customer_id)",
+    )
+    changed, removed, total = tx.execute(
+        "SELECT (SELECT count(*) FROM _kp_changed), (SELECT count(*) FROM _kp_removed), "
+        "(SELECT count(*) FROM _kp_fresh)"
+    )[0]
+    if changed + removed > REWRITE_SHARE * max(total, 1):
+        return False
+    listed_rows = (
+        "customer_id IN (SELECT customer_id FROM _kp_changed "
+        "UNION ALL SELECT customer_id FROM _kp_removed)"
+    )
+    temp_table(
+        tx,
+        "_kp_kept",
+        f"SELECT customer_id, {', '.join(STAGE_COLUMNS)} FROM {STATE} "
+        "WHERE customer_id IN (SELECT customer_id FROM _kp_changed)",
+    )
+    tx.execute(f"DELETE FROM {STATE} WHERE {listed_rows}")
+    tx.execute(
+        f"INSERT INTO {STATE} SELECT f.*, {_kept_columns()} FROM _kp_fresh f "
+        "JOIN _kp_changed c ON c.customer_id = f.customer_id "
+        "LEFT JOIN _kp_kept o ON o.customer_id = f.customer_id"
+    )
+    return True
+
+
+def _rebuild_state(tx: Tx, source: str) -> None:
+    """A new state table from `source` (every customer's traits) and the stored stages."""
+    tx.execute(f"DROP TABLE IF EXISTS {STATE}_next")
+    tx.execute(
+        f"CREATE TABLE {STATE}_next AS SELECT f.*, {_kept_columns()} "
+        f"FROM {source} AS f LEFT JOIN {STATE} o ON o.customer_id = f.customer_id"
+    )
+    temp_table(
+        tx,
+        "_kp_removed",
+        f"SELECT customer_id, stage, segments FROM {STATE} o WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {STATE}_next f WHERE f.customer_id = o.customer_id)",
+    )
+    tx.execute(f"DROP TABLE {STATE}")
+    tx.execute(f"ALTER TABLE {STATE}_next RENAME TO {STATE}")
+    _index_state(tx)
+
+
+def _index_state(tx: Tx) -> None:
     if tx.dialect.name == "postgres":
         tx.execute(f"CREATE UNIQUE INDEX {STATE}_customer ON {STATE} (customer_id)")
-    return tx.execute(f"SELECT count(*) FROM {STATE}")[0][0]
 
 
 def _refresh_affected(tx: Tx, plan: Plan, as_of: datetime, previous: datetime, max_seq: int) -> int:
