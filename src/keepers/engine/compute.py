@@ -291,16 +291,13 @@ def _stored_columns(tx: Tx) -> list[str]:
 def _rewrite_changed(tx: Tx, plan: Plan) -> bool:
     """Rewrite the rows of `customer_state` whose traits differ from `_kp_fresh`, drop the
     customers no longer there; False (nothing written) when too many rows differ."""
-    differs = " OR ".join(
-        f"f.{name} IS DISTINCT FROM o.{name}"
-        for name in plan.state_schema()
-        if name != "customer_id"
-    )
+    # a row of new traits not stored as it is (EXCEPT compares NULLs as equal)
+    columns = ", ".join(plan.state_schema())
     temp_table(
         tx,
         "_kp_changed",
-        f"SELECT f.customer_id FROM _kp_fresh f LEFT JOIN {STATE} o "
-        f"ON o.customer_id = f.customer_id WHERE o.customer_id IS NULL OR {differs}",
+        f"SELECT customer_id FROM (SELECT {columns} FROM _kp_fresh "
+        f"EXCEPT SELECT {columns} FROM {STATE}) AS c",
     )
     temp_table(
         tx,
