@@ -219,10 +219,14 @@ def affected_traits(tx: Tx, plan: Plan, as_of: Any, only: str = "_kp_affected") 
     return plan.traits(as_of, only=only, jsonb=_jsonb(tx))
 
 
-def temp_table(tx: Tx, name: str, select: str, params: list[Any] | None = None) -> None:
+def temp_table(
+    tx: Tx, name: str, select: str, params: list[Any] | None = None, *, analyze: bool = True
+) -> None:
+    """`analyze`: on PostgreSQL, gather statistics (skip for a table of every customer,
+    which is only scanned whole: analyzing it costs more than it saves)."""
     tx.execute(f"DROP TABLE IF EXISTS {name}")
     tx.execute(f"CREATE TEMP TABLE {name} AS {select}", params or [])
-    if tx.dialect.name == "postgres":
+    if analyze and tx.dialect.name == "postgres":
         # autovacuum never analyzes temporary tables: without statistics the planner joins
         # a few thousand rows against the big tables by scanning them
         tx.execute(f"ANALYZE {name}")
@@ -273,7 +277,7 @@ def _refresh_all(
         )
         _index_state(tx)
     elif _stored_columns(tx) == [*plan.state_schema(), *STAGE_COLUMNS]:
-        temp_table(tx, "_kp_fresh", f"SELECT * FROM {source} AS f")
+        temp_table(tx, "_kp_fresh", f"SELECT * FROM {source} AS f", analyze=False)
         if not _rewrite_changed(tx, plan):
             _rebuild_state(tx, "(SELECT * FROM _kp_fresh)")
     else:
