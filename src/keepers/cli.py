@@ -1288,12 +1288,13 @@ app.add_typer(referrals_app, name="referrals")
 
 # --- access: `keepers users …`, `keepers tokens …`, `keepers customers export|erase` ---
 
-from keepers.cli_access import audit, customers_app, tokens_app, users_app  # noqa: E402
+from keepers.cli_access import customers_app, tokens_app, users_app  # noqa: E402
 
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(customers_app, name="customers")
-app.command("audit")(audit)
+# `keepers audit` registers itself (keepers.cli_access), so either module can be imported
+# first
 
 
 def main() -> None:

@@ -8,8 +8,9 @@ administrator, so they act as admin and are audited as `cli:<login name>`). Whil
 /api/customers/{customer}`) with the admin token.
 
 The three Typer apps are created before `keepers.cli` is imported, because `keepers.cli`
-imports them back to add them as sub-commands (as `keepers.cli_sales` does): whichever
-module is imported first, the other finds what it needs.
+imports them back to add them as sub-commands (as `keepers.cli_sales` does), and `keepers
+audit` adds itself to `keepers.cli.app`: whichever module is imported first, the other
+finds what it needs.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from keepers.cli import (  # noqa: E402
     _existing,
     _print_json,
     _settings,
+    app,
     friendly_errors,
     out,
 )
@@ -157,6 +159,9 @@ def audit(
             e["logged_at"][:19], e["actor"], e["role"], e["action"], e["target"] or "", e["outcome"]
         )
     out.print(table)
+
+
+app.command("audit")(audit)
 
 
 @users_app.command("disable")
