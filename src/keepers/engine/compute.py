@@ -259,7 +259,8 @@ def _refresh_all(
     a million rows costs a fifth of the run). Otherwise, or when more than `REWRITE_SHARE`
     of the rows changed, the state table is rebuilt, keeping stages and segments (one
     statement: the traits feed the new table directly). PostgreSQL always rebuilds: there
-    the comparison costs more than the write (1M customers: 4 s against none, measured)."""
+    the comparison alone took 4 s at 1M customers, and rebuilding measured faster (full
+    runs of 21.9–24.1 s against 24.8–30.5 s in place)."""
     if evaluated is not None:
         tx.stage("_kp_staged", evaluated)
         source = f"(SELECT {', '.join(plan.state_schema())} FROM _kp_staged)"

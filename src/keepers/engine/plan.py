@@ -476,11 +476,13 @@ class Plan:
             events = events.filter(events.customer_id.isin(ids))
             orders = orders.filter(orders.customer_id.isin(ids))
             refunds = refunds.filter(refunds.customer_id.isin(ids))
+        lasting = [a for a in self.aggregates if not a.days]
         parts = [
-            self._event_aggregates(events, as_of, json=False),
-            self._event_aggregates(events, as_of, json=True),
-            *self._sales_aggregates(orders, refunds),
+            self._event_aggregates(events, as_of, json=json, wanted=lasting)
+            for json in (False, True)
         ]
+        parts += self._windowed_aggregates(events, as_of)
+        parts += self._sales_aggregates(orders, refunds)
         if self.profile_traits:
             parts.append(self._profile_aggregates(events))
         joined = _joined(customers.select("customer_id", "created_at"), parts)
@@ -514,17 +516,7 @@ class Plan:
             _renamed(self._event_aggregates(new, as_of, json=json, wanted=lasting))
             for json in (False, True)
         ]
-        windowed = [a for a in self.aggregates if a.days]
-        if windowed:
-            longest = max(a.days or 0 for a in windowed)
-            recent = mine.filter(mine.timestamp > as_of - ibis.interval(days=longest))
-            names = {a.event for a in windowed}
-            if None not in names:  # every window counts named events: read only those
-                recent = recent.filter(recent.event.isin(sorted(names)))
-            parts += [
-                self._event_aggregates(recent, as_of, json=json, wanted=windowed)
-                for json in (False, True)
-            ]
+        parts += self._windowed_aggregates(mine, as_of)
         if self.profile_traits:
             parts.append(_renamed(self._profile_aggregates(new)))
         orders = ORDERS.filter(ORDERS.customer_id.isin(ids), ORDERS.ordered_at <= as_of)
@@ -538,6 +530,25 @@ class Plan:
             merged[column] = t[_NEW + column].coalesce(t[column])
         t = t.mutate(**merged)
         return self._finish_traits(t.drop(*[c for c in t.columns if c.startswith(_NEW)]))
+
+    def _windowed_aggregates(
+        self, events: ir.Table, as_of: ir.TimestampValue
+    ) -> list[ir.Table | None]:
+        """The aggregates over the last N days, from a scan of only the events inside the
+        longest window (and only the events they name): an event log is written roughly in
+        time order, so the engine skips the older blocks by their min/max timestamps."""
+        windowed = [a for a in self.aggregates if a.days]
+        if not windowed:
+            return []
+        longest = max(a.days or 0 for a in windowed)
+        recent = events.filter(events.timestamp > as_of - ibis.interval(days=longest))
+        names = {a.event for a in windowed}
+        if None not in names:  # every window counts named events: read only those
+            recent = recent.filter(recent.event.isin(sorted(names)))
+        return [
+            self._event_aggregates(recent, as_of, json=json, wanted=windowed)
+            for json in (False, True)
+        ]
 
     def _sales_aggregates(self, orders: ir.Table, refunds: ir.Table) -> list[ir.Table]:
         return [
