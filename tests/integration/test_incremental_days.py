@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from keepers.domain.definitions import SegmentDefinition, default_definitions
+from keepers.domain.definitions import Definitions, SegmentDefinition, default_definitions
 from keepers.engine import compute
 from keepers.services import lifecycle
 from keepers.services.keepers import Keepers
@@ -73,18 +73,24 @@ def evaluated(keepers: Keepers, as_of: datetime) -> dict[int, dict[str, Any]]:
     return {r.pop("customer_id"): r for r in rows}
 
 
+def opened_with_segments(settings: Settings) -> tuple[Keepers, Definitions]:
+    """A store at START whose definitions are the default ones plus SEGMENTS."""
+    keepers = Keepers.open(settings, clock=lambda: START)
+    definitions = default_definitions()
+    definitions.segments += [SegmentDefinition(key=k, rule=r) for k, r in SEGMENTS.items()]
+    with keepers.db.transaction() as tx:
+        store_definitions(tx, definitions, actor="test", summary="segments", now=START)
+    return keepers, definitions
+
+
 @pytest.mark.parametrize("database_url", ["duckdb", "postgres"], indirect=True)
 def test_incremental_runs_through_five_weeks_equal_an_evaluation_of_everyone(
     settings: Settings,
 ) -> None:
     """Events arrive as a live log (each dated after the run before it: traits brought
     forward) and once late (dated two weeks back: that history is rescanned)."""
-    keepers = Keepers.open(settings, clock=lambda: START)
+    keepers, _ = opened_with_segments(settings)
     try:
-        definitions = default_definitions()
-        definitions.segments += [SegmentDefinition(key=k, rule=r) for k, r in SEGMENTS.items()]
-        with keepers.db.transaction() as tx:
-            store_definitions(tx, definitions, actor="test", summary="segments", now=START)
         live = messages(EVENTS)
         entered: set[str] = set()
         modes = set()
@@ -113,21 +119,18 @@ def test_full_runs_over_a_stored_state_equal_an_evaluation_of_everyone(
     settings: Settings, share: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A full run over a stored DuckDB state rewrites only the rows whose traits changed
-    (`share` 1.0) or rebuilds the table (0.0); either way the result is the state as of then. Days
-    pass with and without events (window counts change with no new event), an anonymous
-    profile is merged away, and a stage rule changes (stages move, traits do not)."""
+    (`share` 1.0) or rebuilds the table (0.0); either way the result is the state as of
+    then. Days pass with and without events (window counts change with no new event), an
+    anonymous profile is merged away, and a stage rule changes (stages move, traits do
+    not)."""
     monkeypatch.setattr(compute, "REWRITE_SHARE", share)
     rebuilt = []
     rebuild = compute._rebuild_state
     monkeypatch.setattr(
         compute, "_rebuild_state", lambda tx, source: rebuilt.append(1) or rebuild(tx, source)
     )
-    keepers = Keepers.open(settings, clock=lambda: START)
+    keepers, definitions = opened_with_segments(settings)
     try:
-        definitions = default_definitions()
-        definitions.segments += [SegmentDefinition(key=k, rule=r) for k, r in SEGMENTS.items()]
-        with keepers.db.transaction() as tx:
-            store_definitions(tx, definitions, actor="test", summary="segments", now=START)
         live = messages(EVENTS)
         anonymous = {"type": "track", "anonymousId": "anon", "event": "Product Added"}
         keepers.ingest_messages(
