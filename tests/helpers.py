@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 
+from keepers.engine.compute import ComputeReport
 from keepers.services.keepers import Keepers
+from keepers.services.lifecycle import load_definitions, segment_sizes, stage_counts
 from keepers.testing.postgres import free_port
 
 
@@ -25,6 +27,17 @@ def rows(keepers: Keepers, sql: str, params: list[Any] | None = None) -> list[tu
 
 def scalar(keepers: Keepers, sql: str, params: list[Any] | None = None) -> Any:
     return rows(keepers, sql, params)[0][0]
+
+
+def assert_counts_carried(keepers: Keepers, report: ComputeReport) -> None:
+    """The stage counts, segment sizes and customer total a run reports (an incremental
+    run adds its moves to the previous run's) equal a count of the tables."""
+    with keepers.db.transaction() as tx:
+        definitions = load_definitions(tx).definitions
+        assert report.stages == stage_counts(tx, definitions), f"stage counts, run {report}"
+        assert report.segments == segment_sizes(tx, definitions), f"segment sizes, run {report}"
+        total = tx.execute("SELECT count(*) FROM customer_state")[0][0]
+    assert report.customers == total
 
 
 def track(user_id: str | None = None, event: str = "Product Viewed", **extra: Any) -> dict:

@@ -43,6 +43,7 @@ from keepers.services import lifecycle
 from keepers.services.keepers import Keepers
 from keepers.services.lifecycle import store_definitions
 from keepers.settings import Settings
+from tests.helpers import assert_counts_carried
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 USERS = ("u1", "u2", "u3", "u4", "u5", "u6")
@@ -324,6 +325,7 @@ def test_incremental_runs_after_any_split_equal_a_full_recompute(
             for chunk, as_of in zip(chunked(messages, cuts), moments, strict=True):
                 ingest(a, chunk)
                 report = a.compute(as_of=as_of)
+                assert_counts_carried(a, report)
                 event(f"run mode: {report.mode}")
             incremental = check_consistent(a)
         with store(directory, "full", now) as b:
@@ -426,7 +428,9 @@ def test_runs_over_a_live_log_bring_traits_forward_as_a_full_recompute_counts_th
             define(a, definitions)
             for index, as_of in enumerate(moments):
                 ingest(a, messages[bounds[index] : bounds[index + 1]])
-                event(f"run mode: {a.compute(as_of=as_of).mode}")
+                report = a.compute(as_of=as_of)
+                assert_counts_carried(a, report)
+                event(f"run mode: {report.mode}")
             incremental = check_consistent(a)
         with store(directory, "full", START) as b:
             define(b, definitions)

@@ -27,6 +27,7 @@ lock for the one-owner DuckDB file), so concurrent runs cannot interleave.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -147,21 +148,27 @@ def run_compute(
         recomputed = _refresh_affected(tx, plan, as_of, last["as_of"], max_seq)
     _diff(tx, plan, as_of, outside=evaluated is not None, since=since)
     run_id = (last["run_id"] if last else 0) + 1
-    moves, segment_changes = _apply(tx, plan, as_of, run_id, emit_changes)
+    stored_sizes = _stored(last, "segment_sizes")
+    open_segments = None if stored_sizes is None else {k for k, n in stored_sizes.items() if n}
+    moves, segment_changes = _apply(tx, plan, as_of, run_id, emit_changes, open_segments)
+    stages = _stage_counts(tx, None if full else _stored(last, "stage_counts"))
+    sizes = _segment_sizes(tx, stored_sizes)
     tx.execute("DELETE FROM dirty_customers WHERE seq <= ?", [max_seq])
     report = ComputeReport(
         run_id=run_id,
         mode="full" if full else "incremental",
         as_of=as_of,
-        customers=tx.execute(f"SELECT count(*) FROM {STATE}")[0][0],
+        customers=sum(stages.values()),
         recomputed=recomputed,
         stage_moves=moves,
         segment_changes=segment_changes,
         seconds=0.0,
+        stages={"unstaged" if k is None else k: n for k, n in stages.items()},
+        segments=sizes,
     )
     report.seconds = round(time.perf_counter() - started, 4)
     tx.execute(
-        "INSERT INTO compute_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO compute_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             run_id,
             report.mode,
@@ -175,10 +182,67 @@ def run_compute(
             signature,
             definitions_version,
             max_seq,
+            json.dumps(sorted(stages.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))),
+            json.dumps(dict(sorted(sizes.items()))),
         ],
     )
     _drop_temps(tx)
     return report
+
+
+def _stored(last: dict[str, Any] | None, column: str) -> Any:
+    """A count the previous run stored (None before the first run, or for runs older than
+    the column)."""
+    if last is None or last.get(column) is None:
+        return None
+    value = json.loads(last[column])
+    return {stage: n for stage, n in value} if column == "stage_counts" else value
+
+
+def _stage_counts(tx: Tx, before: dict[str | None, int] | None) -> dict[str | None, int]:
+    """Customers per stage after this run (None: no stage). An incremental run adds its
+    moves to the previous run's counts: customers who moved, those who appeared (their
+    stage as written) and those who went (`_kp_removed`). A full run, or one after a run
+    that stored none, counts the table."""
+    if before is None:
+        return {
+            stage: n
+            for stage, n in tx.execute(f"SELECT stage, count(*) FROM {STATE} GROUP BY stage")
+        }
+    new = "SELECT customer_id FROM _kp_fresh EXCEPT SELECT customer_id FROM _kp_kept"
+    changes = tx.execute(
+        "SELECT stage, sum(n) FROM ("
+        "SELECT stage, -1 AS n FROM _kp_diff d WHERE stage IS DISTINCT FROM new_stage "
+        f"AND customer_id NOT IN ({new}) AND customer_id NOT IN "
+        "(SELECT customer_id FROM _kp_removed) "
+        "UNION ALL SELECT new_stage, 1 FROM _kp_diff d WHERE stage IS DISTINCT FROM new_stage "
+        f"AND customer_id NOT IN ({new}) AND customer_id NOT IN "
+        "(SELECT customer_id FROM _kp_removed) "
+        f"UNION ALL SELECT stage, 1 FROM {STATE} WHERE customer_id IN ({new}) "
+        "UNION ALL SELECT stage, -1 FROM _kp_removed) AS c GROUP BY stage"
+    )
+    after = dict(before)
+    for stage, n in changes:
+        after[stage] = after.get(stage, 0) + int(n)
+    return {stage: n for stage, n in after.items() if n}
+
+
+def _segment_sizes(tx: Tx, before: dict[str, int] | None) -> dict[str, int]:
+    """Open memberships per segment after this run: the previous run's sizes plus this
+    run's entries and exits, or a count of the table when there are none."""
+    if before is None:
+        rows = tx.execute(
+            "SELECT segment, count(*) FROM segment_memberships WHERE exited_at IS NULL "
+            "GROUP BY segment"
+        )
+        return {segment: n for segment, n in rows}
+    after = dict(before)
+    rows = tx.execute(
+        "SELECT segment, sum(CASE WHEN entered THEN 1 ELSE -1 END) FROM _kp_seg GROUP BY segment"
+    )
+    for segment, n in rows:
+        after[segment] = after.get(segment, 0) + int(n)
+    return {segment: n for segment, n in after.items() if n}
 
 
 RUN_COLUMNS = (
@@ -190,6 +254,8 @@ RUN_COLUMNS = (
     "stage_moves",
     "signature",
     "definitions_version",
+    "stage_counts",
+    "segment_sizes",
 )
 
 
@@ -492,8 +558,16 @@ def _diff(
     temp_table(tx, "_kp_diff", f"{select} UNION ALL {removed}")
 
 
-def _apply(tx: Tx, plan: Plan, as_of: datetime, run_id: int, emit_changes: bool) -> tuple[int, int]:
-    """History, memberships, change records and the new stage of everyone in the diff."""
+def _apply(
+    tx: Tx,
+    plan: Plan,
+    as_of: datetime,
+    run_id: int,
+    emit_changes: bool,
+    open_segments: set[str] | None,
+) -> tuple[int, int]:
+    """History, memberships, change records and the new stage of everyone in the diff.
+    `open_segments`: the segments with open memberships, when the last run counted them."""
     moved = "stage IS DISTINCT FROM new_stage"
     cause = _cause_sql(plan)
     tx.execute(
@@ -502,7 +576,7 @@ def _apply(tx: Tx, plan: Plan, as_of: datetime, run_id: int, emit_changes: bool)
         [as_of, run_id],
     )
     moves = tx.execute(f"SELECT count(*) FROM _kp_diff WHERE {moved}")[0][0]
-    segment_changes = _apply_segments(tx, plan, as_of, run_id)
+    segment_changes = _apply_segments(tx, plan, as_of, run_id, open_segments)
     if emit_changes:
         _write_changes(tx, as_of, run_id)
     tx.execute(
@@ -531,13 +605,16 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _apply_segments(tx: Tx, plan: Plan, as_of: datetime, run_id: int) -> int:
-    open_keys = {
-        row[0]
-        for row in tx.execute(
-            "SELECT DISTINCT segment FROM segment_memberships WHERE exited_at IS NULL"
-        )
-    }
+def _apply_segments(
+    tx: Tx, plan: Plan, as_of: datetime, run_id: int, open_keys: set[str] | None
+) -> int:
+    if open_keys is None:
+        open_keys = {
+            row[0]
+            for row in tx.execute(
+                "SELECT DISTINCT segment FROM segment_memberships WHERE exited_at IS NULL"
+            )
+        }
     keys = sorted(open_keys | set(plan.segment_rules))
     if not keys:
         temp_table(

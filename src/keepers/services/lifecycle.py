@@ -6,7 +6,7 @@ The web API, the CLI and the scheduler call these; they never build SQL themselv
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -110,25 +110,36 @@ def compute(
             evaluated=evaluated,
         )
         report.engine = "spark" if engine == "spark" else tx.dialect.name
-        report.stages = stage_counts(tx, current.definitions)
-        report.segments = segment_sizes(tx, current.definitions)
+    # the run counted (or carried forward) both; listed here in funnel and definition order
+    report.stages = _in_funnel_order(report.stages.items(), current.definitions)
+    report.segments = _defined_segments(report.segments.items(), current.definitions)
     return report
 
 
 def stage_counts(tx: Tx, definitions: Definitions) -> dict[str, int]:
     """Customers per stage, in funnel order (every stage listed, empty ones as 0)."""
-    counts = {key: 0 for key in definitions.stage_model.funnel_order()}
+    rows = []
     if state_exists(tx):
-        for stage, n in tx.execute("SELECT stage, count(*) FROM customer_state GROUP BY stage"):
-            counts[stage or "unstaged"] = n
+        rows = tx.execute("SELECT stage, count(*) FROM customer_state GROUP BY stage")
+    return _in_funnel_order(rows, definitions)
+
+
+def _in_funnel_order(rows: Iterable[Any], definitions: Definitions) -> dict[str, int]:
+    counts = {key: 0 for key in definitions.stage_model.funnel_order()}
+    for stage, n in rows:
+        counts[stage or "unstaged"] = n
     return counts
 
 
 def segment_sizes(tx: Tx, definitions: Definitions) -> dict[str, int]:
-    sizes = {s.key: 0 for s in definitions.segments}
     rows = tx.execute(
         "SELECT segment, count(*) FROM segment_memberships WHERE exited_at IS NULL GROUP BY segment"
     )
+    return _defined_segments(rows, definitions)
+
+
+def _defined_segments(rows: Iterable[Any], definitions: Definitions) -> dict[str, int]:
+    sizes = {s.key: 0 for s in definitions.segments}
     for segment, n in rows:
         if segment in sizes:
             sizes[segment] = n
