@@ -142,8 +142,9 @@ def run_compute(
     since = last["as_of"] if not full and same_rules and not plan.model_fields else None
     if since is not None:
         _ticked(tx, plan, as_of, since)
+    recomputed = 0  # a full run recomputes everyone: counted with the stages below
     if full:
-        recomputed = _refresh_all(tx, plan, as_of, exists, evaluated)
+        _refresh_all(tx, plan, as_of, exists, evaluated)
     else:
         recomputed = _refresh_affected(tx, plan, as_of, last["as_of"], max_seq)
     _diff(tx, plan, as_of, outside=evaluated is not None, since=since)
@@ -151,8 +152,11 @@ def run_compute(
     stored_sizes = _stored(last, "segment_sizes")
     open_segments = None if stored_sizes is None else {k for k, n in stored_sizes.items() if n}
     moves, segment_changes = _apply(tx, plan, as_of, run_id, emit_changes, open_segments)
-    stages = _stage_counts(tx, None if full else _stored(last, "stage_counts"))
+    stored_stages = None if full else _stored(last, "stage_counts")
+    stages = _stage_counts(tx, None if stored_stages is None else dict(stored_stages))
     sizes = _segment_sizes(tx, stored_sizes)
+    if full:
+        recomputed = sum(stages.values())  # everyone
     tx.execute("DELETE FROM dirty_customers WHERE seq <= ?", [max_seq])
     report = ComputeReport(
         run_id=run_id,
@@ -191,12 +195,11 @@ def run_compute(
 
 
 def _stored(last: dict[str, Any] | None, column: str) -> Any:
-    """A count the previous run stored (None before the first run, or for runs older than
-    the column)."""
+    """The counts the previous run stored, as JSON (None before the first run, or for runs
+    older than the column)."""
     if last is None or last.get(column) is None:
         return None
-    value = json.loads(last[column])
-    return {stage: n for stage, n in value} if column == "stage_counts" else value
+    return json.loads(last[column])
 
 
 def _stage_counts(tx: Tx, before: dict[str | None, int] | None) -> dict[str | None, int]:
@@ -209,16 +212,16 @@ def _stage_counts(tx: Tx, before: dict[str | None, int] | None) -> dict[str | No
             stage: n
             for stage, n in tx.execute(f"SELECT stage, count(*) FROM {STATE} GROUP BY stage")
         }
-    new = "SELECT customer_id FROM _kp_fresh EXCEPT SELECT customer_id FROM _kp_kept"
     changes = tx.execute(
-        "SELECT stage, sum(n) FROM ("
-        "SELECT stage, -1 AS n FROM _kp_diff d WHERE stage IS DISTINCT FROM new_stage "
-        f"AND customer_id NOT IN ({new}) AND customer_id NOT IN "
-        "(SELECT customer_id FROM _kp_removed) "
-        "UNION ALL SELECT new_stage, 1 FROM _kp_diff d WHERE stage IS DISTINCT FROM new_stage "
-        f"AND customer_id NOT IN ({new}) AND customer_id NOT IN "
-        "(SELECT customer_id FROM _kp_removed) "
-        f"UNION ALL SELECT stage, 1 FROM {STATE} WHERE customer_id IN ({new}) "
+        "WITH appeared AS (SELECT customer_id FROM _kp_fresh "
+        "EXCEPT SELECT customer_id FROM _kp_kept), "
+        "moved AS (SELECT stage, new_stage FROM _kp_diff WHERE stage IS DISTINCT FROM new_stage "
+        "AND customer_id NOT IN (SELECT customer_id FROM appeared) "
+        "AND customer_id NOT IN (SELECT customer_id FROM _kp_removed)) "
+        "SELECT stage, sum(n) FROM (SELECT stage, -1 AS n FROM moved "
+        "UNION ALL SELECT new_stage, 1 FROM moved "
+        f"UNION ALL SELECT stage, 1 FROM {STATE} "
+        "WHERE customer_id IN (SELECT customer_id FROM appeared) "
         "UNION ALL SELECT stage, -1 FROM _kp_removed) AS c GROUP BY stage"
     )
     after = dict(before)
@@ -318,7 +321,7 @@ def _kept_columns() -> str:
 
 def _refresh_all(
     tx: Tx, plan: Plan, as_of: datetime, exists: bool, evaluated: pa.Table | None
-) -> int:
+) -> None:
     """Every customer's traits. On DuckDB, when the stored table has the same columns, the
     new traits go to a temporary table and only the rows that differ are rewritten (a full
     run after a stage-rule change, or a nightly one, changes few customers' traits: writing
@@ -352,7 +355,6 @@ def _refresh_all(
             _rebuild_state(tx, "(SELECT * FROM _kp_fresh)")
     else:
         _rebuild_state(tx, source)
-    return tx.execute(f"SELECT count(*) FROM {STATE}")[0][0]
 
 
 REWRITE_SHARE = 0.25  # above this share of changed rows, rebuilding the table is cheaper
