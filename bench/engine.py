@@ -16,6 +16,11 @@ Why it is built this way:
   On DuckDB it runs with one thread, as the reference in `shared/notes/measurements.md`
   (0.67 s there) that the targets (full ≤ 3 s, ratio ≤ 4) were set against; the same
   query with both cores is reported beside it (`ratio_to_reference_2_threads`).
+- A second yardstick on DuckDB: the default definitions' traits as one hand-written query
+  (`TRAITS_SQL`, one and two threads, median of 3), whose rows equal the traits a full run
+  stores (a test checks it). `traits_query_to_reference_2_threads` says how many
+  references the aggregation alone costs; `full_recompute_to_traits_query` what the rest of
+  a full run (Ibis SQL, rules, comparing with the stored state, writing) adds to it.
 - Every run uses a fixed as-of (the day after the data ends, then a day later for each
   further full run), so figures do not drift with the calendar: the first full run (on
   an empty store it writes every customer's state and history), `--repeat` nightly full
@@ -69,6 +74,77 @@ o AS (SELECT customer_id, sum(revenue) AS revenue FROM orders GROUP BY customer_
 SELECT e.customer_id, e.events, e.orders, e.first_seen, e.last_seen, o.revenue
 FROM e LEFT JOIN o ON o.customer_id = e.customer_id
 """
+# The default definitions' traits (first/last seen, orders, revenue, refunds, email
+# engagement, NPS, referrals, the rules' windowed counts …) as one hand-written DuckDB query:
+# what the full run's aggregation would cost without Ibis, rules, state or writes. Its rows
+# equal the engine's traits (tests/integration/test_bench_yardsticks.py).
+TRAITS_SQL = """
+WITH e AS (
+    SELECT customer_id, count(*) AS events,
+        count(*) FILTER (WHERE type IN ('page', 'screen')) AS page_views,
+        min(timestamp) AS first_seen_at, max(timestamp) AS last_seen_at,
+        max(timestamp) FILTER (WHERE event IS NULL OR event NOT IN
+            ('Email Delivered', 'Email Sent', 'Email Bounced', 'Email Dropped')) AS last_active_at,
+        bool_or(user_id IS NOT NULL) AS identified,
+        count(*) FILTER (WHERE event = 'Signed Up') > 0 AS signed_up,
+        count(*) FILTER (WHERE event = 'Trial Started') > 0 AS trial_started,
+        count(*) FILTER (WHERE event = 'Email Opened') AS emails_opened,
+        count(*) FILTER (WHERE event = 'Email Link Clicked') AS emails_clicked,
+        count(*) FILTER (WHERE event = 'Unsubscribed') > 0 AS unsubscribed,
+        count(*) FILTER (WHERE event = 'Referral Converted') AS referrals_made
+    FROM events WHERE timestamp <= $as_of GROUP BY customer_id),
+w AS (
+    SELECT customer_id,
+        count(*) FILTER (WHERE event = 'Product Added') AS added_30d,
+        count(*) FILTER (WHERE event = 'Checkout Started') AS checkouts_30d,
+        count(*) FILTER (WHERE event = 'Product Viewed') AS views_30d,
+        count(*) FILTER (WHERE event = 'Checkout Started'
+            AND timestamp > $as_of - INTERVAL 7 DAY) AS checkouts_7d,
+        count(*) FILTER (WHERE event = 'Order Completed'
+            AND timestamp > $as_of - INTERVAL 7 DAY) AS orders_7d
+    FROM events
+    WHERE timestamp <= $as_of AND timestamp > $as_of - INTERVAL 30 DAY
+        AND event IN ('Product Added', 'Checkout Started', 'Product Viewed', 'Order Completed')
+    GROUP BY customer_id),
+n AS (
+    SELECT customer_id, arg_max(TRY_CAST(properties ->> '$.score' AS DOUBLE), timestamp)
+        FILTER (WHERE TRY_CAST(properties ->> '$.score' AS DOUBLE) IS NOT NULL) AS nps
+    FROM events WHERE timestamp <= $as_of AND event = 'NPS Survey Answered' GROUP BY customer_id),
+o AS (
+    SELECT customer_id, count(*) AS orders, sum(amount) AS revenue,
+        min(ordered_at) AS first_order_at, max(ordered_at) AS last_order_at,
+        max(ordered_at) FILTER (WHERE position = 2) AS previous_order_at
+    FROM (SELECT customer_id, ordered_at, COALESCE(revenue, total, 0.0) AS amount,
+            row_number() OVER (PARTITION BY customer_id ORDER BY ordered_at DESC) AS position
+          FROM orders WHERE ordered_at <= $as_of) AS p
+    GROUP BY customer_id),
+r AS (
+    SELECT customer_id, count(*) AS refunds, sum(amount) AS refunded_amount
+    FROM refunds WHERE refunded_at <= $as_of GROUP BY customer_id)
+SELECT c.customer_id, COALESCE(e.events, 0) AS events, COALESCE(e.page_views, 0) AS page_views,
+    e.first_seen_at, e.last_seen_at, e.last_active_at, COALESCE(e.identified, false) AS identified,
+    COALESCE(e.signed_up, false) AS signed_up, COALESCE(e.trial_started, false) AS trial_started,
+    COALESCE(o.orders, 0) AS orders, COALESCE(o.revenue, 0.0) AS revenue,
+    o.revenue / o.orders AS average_order_value, o.first_order_at, o.last_order_at,
+    CAST(floor(epoch(o.last_order_at - o.previous_order_at) / 86400) AS BIGINT)
+        AS previous_order_gap_days,
+    COALESCE(r.refunds, 0) AS refunds, COALESCE(r.refunded_amount, 0.0) AS refunded_amount,
+    COALESCE(o.revenue, 0.0) - COALESCE(r.refunded_amount, 0.0) AS net_revenue,
+    COALESCE(e.emails_opened, 0) AS emails_opened, COALESCE(e.emails_clicked, 0) AS emails_clicked,
+    COALESCE(e.unsubscribed, false) AS unsubscribed, n.nps,
+    COALESCE(e.referrals_made, 0) AS referrals_made,
+    COALESCE(w.added_30d, 0) AS added_30d, COALESCE(w.checkouts_30d, 0) AS checkouts_30d,
+    COALESCE(w.views_30d, 0) AS views_30d, COALESCE(w.checkouts_7d, 0) AS checkouts_7d,
+    COALESCE(w.orders_7d, 0) AS orders_7d
+FROM customers c
+LEFT JOIN e ON e.customer_id = c.customer_id
+LEFT JOIN w ON w.customer_id = c.customer_id
+LEFT JOIN n ON n.customer_id = c.customer_id
+LEFT JOIN o ON o.customer_id = c.customer_id
+LEFT JOIN r ON r.customer_id = c.customer_id
+WHERE c.merged_into IS NULL AND (e.customer_id IS NOT NULL OR c.created_at <= $as_of)
+"""
+QUERIES = {"groupby": REFERENCE_SQL, "traits": TRAITS_SQL}
 
 
 def log(message: str) -> None:
@@ -189,17 +265,23 @@ def generate(url: str, opts: argparse.Namespace) -> dict[str, Any]:
     return stats
 
 
-def reference(url: str, repeat: int = 5, threads: int = 1) -> dict[str, Any]:
-    """The plain GROUP BY, `repeat` times in a child process (read-only on DuckDB)."""
+def reference(
+    url: str, repeat: int = 5, threads: int = 1, query: str = "groupby"
+) -> dict[str, Any]:
+    """The plain GROUP BY (or the hand-written traits query), `repeat` times in a child
+    process (read-only on DuckDB)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--reference-only", url]
     command += ["--reference-repeat", str(repeat), "--reference-threads", str(threads)]
+    command += ["--reference-query", query]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
-        raise BenchError(f"the reference query failed (exit {done.returncode})")
+        raise BenchError(f"the {query} reference query failed (exit {done.returncode})")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_reference(url: str, repeat: int, threads: int = 1) -> dict[str, Any]:
+def run_reference(
+    url: str, repeat: int, threads: int = 1, which: str = "groupby"
+) -> dict[str, Any]:
     """In the child: time the query (execute + fetch into an Arrow table)."""
     if url.startswith("postgres"):
         query = _postgres_query(url)
@@ -207,9 +289,11 @@ def run_reference(url: str, repeat: int, threads: int = 1) -> dict[str, Any]:
         import duckdb
 
         con = duckdb.connect(url, read_only=True, config={"threads": threads})
+        con.execute("SET TimeZone = 'UTC'")
+        sql, params = QUERIES[which], {"as_of": AS_OF} if which == "traits" else None
 
         def query() -> Any:
-            return con.sql(REFERENCE_SQL).to_arrow_table()
+            return con.sql(sql, params=params).to_arrow_table()
 
     # one untimed run first: the engine's timed runs come after its first full run, with
     # the data already read into memory, so the reference is timed warm as well
@@ -230,6 +314,7 @@ def run_reference(url: str, repeat: int, threads: int = 1) -> dict[str, Any]:
         "cold_s": cold,
         "rows": rows,
         "threads": threads,
+        "query": which,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
@@ -539,6 +624,14 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         log(f"reference group-by: {ref['reference_groupby_s']:.3f} s (median of {ref['runs']})")
         ref2 = reference(url, threads=2) if opts.database == "duckdb" else ref
         log(f"with 2 threads: {ref2['reference_groupby_s']:.3f} s (median of {ref2['runs']})")
+        traits = traits2 = None
+        if opts.database == "duckdb":
+            traits = reference(url, repeat=3, query="traits")
+            traits2 = reference(url, repeat=3, threads=2, query="traits")
+            log(
+                f"hand-written traits query: {traits['reference_groupby_s']:.3f} s, "
+                f"with 2 threads {traits2['reference_groupby_s']:.3f} s"
+            )
         measured = measure(url, opts, runs)
     full = measured["full_report"]
     result = {
@@ -555,6 +648,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         "ratio_to_reference_2_threads": round(
             measured["full_recompute_s"] / max(ref2["reference_groupby_s"], 1e-9), 2
         ),
+        **yardsticks(measured["full_recompute_s"], ref2, traits, traits2),
         "full_rebuild_s": measured["full_rebuild_s"],
         "children_peak_rss_mb": children_peak_rss_mb(),
         "engine": "spark" if opts.engine == "spark" else opts.database,
@@ -573,6 +667,8 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         "runs": runs.rows,
         "reference": ref,
         "reference_2_threads": ref2,
+        "traits_query": traits,
+        "traits_query_2_threads": traits2,
         "ingest": measured["ingest"],
         "first_full_report": measured["first_full_report"],
         "full_report": full,
@@ -586,6 +682,27 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     if opts.db:
         result["db"] = str(Path(opts.db).resolve())
     return result
+
+
+def yardsticks(
+    full_s: float,
+    ref2: dict[str, Any],
+    traits: dict[str, Any] | None,
+    traits2: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The hand-written traits query beside the full run (DuckDB): what the aggregation
+    alone costs, and how many two-thread references it already takes."""
+    if traits is None or traits2 is None:
+        return {}
+    bare = traits2["reference_groupby_s"]
+    return {
+        "traits_query_s": traits["reference_groupby_s"],
+        "traits_query_2_threads_s": bare,
+        "traits_query_to_reference_2_threads": round(
+            bare / max(ref2["reference_groupby_s"], 1e-9), 2
+        ),
+        "full_recompute_to_traits_query": round(full_s / max(bare, 1e-9), 2),
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -618,6 +735,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference-only", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--reference-repeat", type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument("--reference-threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--reference-query", choices=tuple(QUERIES), default="groupby", help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.customers < 1 or args.events < args.customers:
         parser.error("--repeat and --customers must be ≥ 1 and --events ≥ --customers")
@@ -631,7 +751,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference_only:
         sys.stdout.write(
             json.dumps(
-                run_reference(args.reference_only, args.reference_repeat, args.reference_threads)
+                run_reference(
+                    args.reference_only,
+                    args.reference_repeat,
+                    args.reference_threads,
+                    args.reference_query,
+                )
             )
         )
         sys.stdout.write("\n")
